@@ -1,0 +1,1 @@
+"""Command-line tools and applications around the MMMModal model (not shipped with checkpoints)."""
