@@ -1,0 +1,512 @@
+"""MMMModal: a SigLIP vision tower and a Whisper encoder feeding any causal LM through LLaVA-style projectors.
+
+The processor expands every `<image>` / `<audio>` placeholder into start token + N pad tokens + end token; the model
+writes the projected features over the pad tokens (one boolean mask per modality, no loop over samples or media).
+
+This file ships with every checkpoint: it imports only torch, transformers and `.configuration_mmmmodal`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import logging
+
+from .configuration_mmmmodal import (
+    AUDIO_END_TOKEN,
+    AUDIO_PAD_TOKEN,
+    AUDIO_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_PAD_TOKEN,
+    IMAGE_TOKEN,
+    TURN_END_TOKEN,
+    MMMModalConfig,
+    audio_token_lengths,
+)
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class MMMModalModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.Tensor` of shape `(num_image_tokens, hidden_size)`, *optional*):
+        Projected image features, in the order they were written into the sequence.
+    audio_hidden_states (`torch.Tensor` of shape `(num_audio_tokens, hidden_size)`, *optional*):
+        Projected audio features, trimmed to each clip's length, in sequence order.
+    """
+
+    image_hidden_states: torch.Tensor | None = None
+    audio_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class MMMModalCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.Tensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
+        Language modeling loss (next-token prediction), averaged over labelled tokens.
+    logits (`torch.Tensor` of shape `(batch_size, sequence_length, vocab_size)`):
+        Prediction scores of the language modeling head.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor] | None = None
+    attentions: tuple[torch.Tensor] | None = None
+    image_hidden_states: torch.Tensor | None = None
+    audio_hidden_states: torch.Tensor | None = None
+
+
+class MMMModalMultiModalProjector(nn.Module):
+    """The LLaVA projector: Linear -> GELU -> Linear, vision width to LLM width (same parameter names as LLaVA)."""
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__()
+        text_hidden = config.text_config.hidden_size
+        bias = config.multimodal_projector_bias
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_hidden, bias=bias)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=bias)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class MMMModalAudioProjector(nn.Module):
+    """The paper's audio projector: Conv1d over time (kernel 40, stride 3) -> GELU -> Linear.
+
+    (W, T, C_audio) -> (W, (T - kernel) // stride + 1, C_text): a full 30 s window, 1500 frames, gives 487 tokens.
+    """
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__()
+        text_hidden = config.text_config.hidden_size
+        bias = config.multimodal_projector_bias
+        self.conv = nn.Conv1d(
+            config.audio_config.d_model,
+            text_hidden,
+            kernel_size=config.audio_projector_kernel_size,
+            stride=config.audio_projector_stride,
+            bias=bias,
+        )
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear = nn.Linear(text_hidden, text_hidden, bias=bias)
+
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.conv(audio_features.transpose(1, 2)).transpose(1, 2)  # (W, T', C_text)
+        return self.linear(self.act(hidden_states))
+
+
+class MMMModalPreTrainedModel(PreTrainedModel):
+    config_class = MMMModalConfig
+    config: MMMModalConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "audio", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False  # audio trimming has data-dependent shapes
+
+    def _init_weights(self, module):
+        # Towers and LM bring their own initialisation (post_init of each sub-model); only the projectors are ours.
+        if isinstance(module, (MMMModalMultiModalProjector, MMMModalAudioProjector)):
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            for child in module.children():
+                if isinstance(child, (nn.Linear, nn.Conv1d)):
+                    nn.init.normal_(child.weight, mean=0.0, std=std)
+                    if child.bias is not None:
+                        nn.init.zeros_(child.bias)
+        else:
+            super()._init_weights(module)
+
+
+class MMMModalModel(MMMModalPreTrainedModel):
+    """Vision tower, audio tower, their projectors and the language model, without a language modeling head."""
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__(config)
+        self.vision_tower = None
+        self.multi_modal_projector = None
+        self.audio_tower = None
+        self.audio_projector = None
+        if config.vision_config is not None:
+            self.vision_tower = AutoModel.from_config(config.vision_config)
+            self.multi_modal_projector = MMMModalMultiModalProjector(config)
+        if config.audio_config is not None:
+            self.audio_tower = WhisperEncoder(config.audio_config)
+            self.audio_projector = MMMModalAudioProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Encode images with the vision tower and project the chosen hidden layer.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`):
+                All images of the batch, in placeholder order.
+
+        Returns:
+            The tower's `BaseModelOutputWithPooling`, with `pooler_output` replaced by the projected features,
+            a tuple of `(num_patches, hidden_size)` tensors, one per image.
+        """
+        if self.vision_tower is None:
+            raise ValueError("Got `pixel_values`, but this model has no vision tower (`config.vision_config` is None).")
+        kwargs.pop("return_dict", None)
+        kwargs["output_hidden_states"] = True
+        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
+        selected = image_outputs.hidden_states[self.config.vision_feature_layer]  # (N, P, C_vision)
+        image_features = self.multi_modal_projector(selected)  # (N, P, C_text)
+        image_outputs.pooler_output = tuple(image_features)
+        return image_outputs
+
+    def get_audio_features(
+        self, input_features: torch.FloatTensor, input_features_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Encode audio windows with the Whisper encoder, project, and trim each window to its clip's length.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(num_windows, num_mel_bins, window_frames)`):
+                Log-mel features of every 30 s window (a long clip spans several consecutive windows).
+            input_features_mask (`torch.Tensor` of shape `(num_windows, window_frames)`, *optional*):
+                1 for mel frames that hold audio, 0 for padding. `None` treats every window as full.
+
+        Returns:
+            The encoder's `BaseModelOutputWithPooling`, with `pooler_output` replaced by a tuple of projected
+            `(tokens_of_window, hidden_size)` tensors, one per window, trimmed with `audio_token_lengths`.
+        """
+        if self.audio_tower is None:
+            raise ValueError("Got `input_features`, but this model has no audio tower (`config.audio_config` is None).")
+        kwargs.pop("return_dict", None)
+        kwargs["output_hidden_states"] = True
+        input_features = input_features.to(self.audio_tower.dtype)
+        audio_outputs = self.audio_tower(input_features, return_dict=True, **kwargs)
+        selected = audio_outputs.hidden_states[self.config.audio_feature_layer]  # (W, T, C_audio)
+        audio_features = self.audio_projector(selected)  # (W, T', C_text)
+        if input_features_mask is None:
+            mel_lengths = torch.full((input_features.shape[0],), input_features.shape[-1], device=selected.device)
+        else:
+            mel_lengths = input_features_mask.sum(-1).to(selected.device)
+        lengths = audio_token_lengths(mel_lengths, self.config.audio_projector_kernel_size, self.config.audio_projector_stride)
+        keep = torch.arange(audio_features.shape[1], device=selected.device)[None, :] < lengths[:, None]
+        audio_outputs.pooler_output = torch.split(audio_features[keep], lengths.tolist())
+        return audio_outputs
+
+    def get_placeholder_mask(self, input_ids, inputs_embeds, token_id: int, features: torch.Tensor, name: str):
+        """Boolean mask (B, S, 1) of the `name` pad tokens; raises if their count differs from the features'."""
+        if token_id is None:
+            raise ValueError(f"Got {name} inputs, but `config.{name}_token_id` is not set; build the model with its processor.")
+        if input_ids is None:
+            pad_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+            mask = (inputs_embeds == pad_embedding).all(-1)
+        else:
+            mask = input_ids == token_id
+        n_tokens, n_features = int(mask.sum()), features.shape[0]
+        if n_tokens != n_features:
+            raise ValueError(
+                f"{name.capitalize()} features and {name} tokens do not match: the input holds {n_tokens} {name} pad "
+                f"tokens but the {name} inputs give {n_features} feature vectors. Build inputs with MMMModalProcessor, "
+                f"which expands each <{name}> placeholder into exactly as many pad tokens as that clip yields."
+            )
+        return mask.unsqueeze(-1).to(inputs_embeds.device)
+
+    def _dummy_outputs(self, modality: str) -> BaseModelOutputWithPooling:
+        """Run one all-zero input through a tower and its projector (training only, see `_anchor_unused`)."""
+        if modality == "image":
+            size = self.config.vision_config.image_size
+            pixel_values = torch.zeros(1, self.config.vision_config.num_channels, size, size, device=self.device)
+            return self.get_image_features(pixel_values)
+        audio_config = self.config.audio_config
+        features = torch.zeros(1, audio_config.num_mel_bins, 2 * audio_config.max_source_positions, device=self.device)
+        return self.get_audio_features(features)
+
+    def _anchor_unused(self, inputs_embeds, image_outputs, audio_outputs):
+        """Give every trainable tower and projector parameter a gradient on every step (training only).
+
+        Under DDP and ZeRO-2/3, a rank whose batch has no audio (or no image) would leave that side's parameters
+        without gradients and the ranks' collectives would disagree (the paper's §6.2 hazard). A zero-weighted term
+        through the missing modality (and through the tower's top layer, which `*_feature_layer=-2` skips) keeps
+        the graphs identical across ranks. Costs nothing at inference: it only runs when gradients are recorded.
+        """
+        anchor = None
+        for modality, outputs, tower, projector in (
+            ("image", image_outputs, self.vision_tower, self.multi_modal_projector),
+            ("audio", audio_outputs, self.audio_tower, self.audio_projector),
+        ):
+            if tower is None or not any(p.requires_grad for m in (tower, projector) for p in m.parameters()):
+                continue
+            if outputs is None:
+                outputs = self._dummy_outputs(modality)
+            term = outputs.last_hidden_state.sum() + sum(f.sum() for f in outputs.pooler_output)
+            anchor = term * 0.0 if anchor is None else anchor + term * 0.0
+        return inputs_embeds if anchor is None else inputs_embeds + anchor.to(inputs_embeds.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> MMMModalModelOutputWithPast:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`, *optional*):
+            Every image of the batch, in the order of the `<image>` spans (sample by sample, left to right).
+        input_features (`torch.FloatTensor` of shape `(num_windows, num_mel_bins, window_frames)`, *optional*):
+            Whisper log-mel features of every audio window, in the order of the `<audio>` spans.
+        input_features_mask (`torch.Tensor` of shape `(num_windows, window_frames)`, *optional*):
+            Valid mel frames of each window; sets how many tokens each window yields.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_outputs = audio_outputs = image_features = audio_features = None
+        if pixel_values is not None:
+            image_outputs = self.get_image_features(pixel_values)
+            image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id, image_features, "image")
+            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
+        if input_features is not None:
+            audio_outputs = self.get_audio_features(input_features, input_features_mask)
+            audio_features = torch.cat(audio_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.audio_token_id, audio_features, "audio")
+            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
+        if self.training and torch.is_grad_enabled():
+            inputs_embeds = self._anchor_unused(inputs_embeds, image_outputs, audio_outputs)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return MMMModalModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            audio_hidden_states=audio_features,
+        )
+
+
+class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin):
+    """MMMModal with a language modeling head: chat over any number of images and audio clips."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__(config)
+        self.model = MMMModalModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+        if config.training_stage is not None:
+            self.set_training_stage(config.training_stage)
+
+    @classmethod
+    def from_parts(cls, vision=None, audio=None, text=None, processor=None, dtype=None, **config_kwargs):
+        """Compose a new model from three pretrained sources (hub ids or local folders), keeping their weights.
+
+        Args:
+            vision (`str`, *optional*): a SigLIP checkpoint (full SigLIP or vision-only); `None` for no vision tower.
+            audio (`str`, *optional*): a Whisper checkpoint (only its encoder is kept); `None` for no audio tower.
+            text (`str`): any causal LM checkpoint.
+            processor ([`MMMModalProcessor`]): built with `MMMModalProcessor.from_parts`; its tokenizer (with the
+                span tokens added) sets the token ids and the grown vocabulary.
+            dtype (`torch.dtype`, *optional*): dtype to load the parts in.
+            **config_kwargs: other [`MMMModalConfig`] fields (feature layers, ...). The audio projector's kernel,
+                stride and the audio cap come from the processor, so that both count tokens alike.
+
+        Example:
+
+        ```python
+        >>> processor = MMMModalProcessor.from_parts("google/siglip-base-patch16-384", "openai/whisper-small",
+        ...                                          "TinyLlama/TinyLlama-1.1B-Chat-v1.0")
+        >>> model = MMMModalForConditionalGeneration.from_parts("google/siglip-base-patch16-384",
+        ...     "openai/whisper-small", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", processor=processor)
+        ```
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM, WhisperModel
+
+        if text is None or processor is None:
+            raise ValueError("`text` (a causal LM source) and `processor` (MMMModalProcessor.from_parts) are required.")
+        load = {"dtype": dtype} if dtype is not None else {}
+        vision_config = None
+        if vision is not None:
+            vision_config = AutoConfig.from_pretrained(vision)
+            vision_config = getattr(vision_config, "vision_config", vision_config)
+        audio_config = AutoConfig.from_pretrained(audio) if audio is not None else None
+        text_model = AutoModelForCausalLM.from_pretrained(text, **load)
+        ids = {
+            f"{name}_id": processor.tokenizer.convert_tokens_to_ids(token)
+            for name, token in (
+                ("image_token", IMAGE_PAD_TOKEN), ("image_start_token", IMAGE_TOKEN), ("image_end_token", IMAGE_END_TOKEN),
+                ("audio_token", AUDIO_PAD_TOKEN), ("audio_start_token", AUDIO_TOKEN), ("audio_end_token", AUDIO_END_TOKEN),
+            )
+        }
+        if processor.audio_kernel_size is not None:
+            config_kwargs.setdefault("audio_projector_kernel_size", processor.audio_kernel_size)
+        config_kwargs.setdefault("audio_projector_stride", processor.audio_stride)
+        config_kwargs.setdefault("max_audio_seconds", processor.max_audio_seconds)
+        config = MMMModalConfig(
+            vision_config=vision_config, audio_config=audio_config, text_config=text_model.config, **ids, **config_kwargs
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        if vision is not None:
+            tower_class = type(model.model.vision_tower)
+            model.model.vision_tower = tower_class.from_pretrained(vision, config=config.vision_config, **load)
+            model.model.multi_modal_projector = MMMModalMultiModalProjector(config)
+        if audio is not None:
+            model.model.audio_tower = WhisperModel.from_pretrained(audio, **load).get_encoder()
+            model.model.audio_projector = MMMModalAudioProjector(config)
+        model.model.language_model = text_model.get_decoder()
+        model.lm_head = text_model.get_output_embeddings()
+        for projector in (model.model.multi_modal_projector, model.model.audio_projector):
+            if projector is not None:
+                model._init_weights(projector)
+                projector.to(text_model.dtype)
+        model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+        model.generation_config = text_model.generation_config
+        end_of_turn = processor.tokenizer.convert_tokens_to_ids(TURN_END_TOKEN)
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        model.generation_config.eos_token_id = eos + [end_of_turn] if end_of_turn not in eos else eos
+        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+        if config.training_stage is not None:
+            model.set_training_stage(config.training_stage)
+        return model
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_decoder(self):
+        return self.model.language_model
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def get_audio_features(self, input_features, input_features_mask=None, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_audio_features(input_features, input_features_mask, **kwargs)
+
+    def set_training_stage(self, stage: int | None):
+        """Choose what trains: 1 = projectors only (alignment), 2 = projectors + LLM (instruction tuning).
+
+        Towers stay frozen unless `config.train_vision_tower` / `config.train_audio_tower` is set (stage 2 only).
+        `None` makes everything trainable.
+        """
+        if stage not in (None, 1, 2):
+            raise ValueError(f"training_stage must be None, 1 or 2, got {stage!r}.")
+        self.config.training_stage = stage
+        trainable = {"multi_modal_projector", "audio_projector"}
+        if stage == 2:
+            trainable |= {"language_model", "lm_head"}
+            if self.config.train_vision_tower:
+                trainable.add("vision_tower")
+            if self.config.train_audio_tower:
+                trainable.add("audio_tower")
+        for name, param in self.named_parameters():
+            parts = set(name.split("."))
+            param.requires_grad_(stage is None or bool(parts & trainable))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MMMModalCausalLMOutputWithPast:
+        r"""
+        pixel_values, input_features, input_features_mask: see [`MMMModalModel.forward`].
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Token ids to predict; -100 marks tokens without loss (prompt, padding, media spans).
+
+        Example:
+
+        ```python
+        >>> from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        >>> model = AutoModelForImageTextToText.from_pretrained("path/to/mmmmodal", trust_remote_code=True)
+        >>> processor = AutoProcessor.from_pretrained("path/to/mmmmodal", trust_remote_code=True)
+        >>> messages = [{"role": "user", "content": [
+        ...     {"type": "image", "path": "cat.png"}, {"type": "audio", "path": "meow.wav"},
+        ...     {"type": "text", "text": "Does the sound match the picture?"}]}]
+        >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+        ...                                        return_dict=True, return_tensors="pt")
+        >>> out = model.generate(**inputs, max_new_tokens=32)
+        >>> processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        ```
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return MMMModalCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            audio_hidden_states=outputs.audio_hidden_states,
+        )
+
+
+MMMModalForConditionalGeneration.register_for_auto_class("AutoModel")
+
+__all__ = ["MMMModalPreTrainedModel", "MMMModalModel", "MMMModalForConditionalGeneration"]

@@ -1,0 +1,458 @@
+"""MMMModal processor: SigLIP image processor + Whisper feature extractor + tokenizer.
+
+Every `<image>` / `<audio>` placeholder (a written `<image></image>` pair counts as one) becomes start token +
+N pad tokens + end token, N being the number of feature vectors that clip yields. The expansion is done on token
+ids, so offsets (for `return_assistant_tokens_mask`) stay those of the caller's text.
+
+This file ships with every checkpoint: it imports only numpy, transformers and `.configuration_mmmmodal`.
+"""
+
+import math
+
+import numpy as np
+from transformers.audio_utils import load_audio
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import load_image
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+from .configuration_mmmmodal import (
+    AUDIO_END_TOKEN,
+    AUDIO_PAD_TOKEN,
+    AUDIO_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_PAD_TOKEN,
+    IMAGE_TOKEN,
+    SPECIAL_TOKENS,
+    audio_token_lengths,
+)
+
+logger = logging.get_logger(__name__)
+
+MEDIA_TIMEOUT_S = 20.0
+_TEXT_KWARGS = (
+    "padding",
+    "truncation",
+    "max_length",
+    "pad_to_multiple_of",
+    "padding_side",
+    "add_special_tokens",
+    "return_offsets_mapping",
+    "return_attention_mask",
+    "return_text_replacement_offsets",
+    "sampling_rate",
+    "return_tensors",
+)
+
+# Multi-turn ChatML-style template. Content is a string (may hold `<image>` / `<audio>` markers) or a list of
+# parts; keys set to None by `datasets` are ignored. `{% generation %}` marks what an assistant is trained on.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}{%- generation -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- elif part['type'] == 'image' -%}{{- '<image>' -}}"
+    "{%- elif part['type'] == 'audio' -%}{{- '<audio>' -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>' -}}{%- endgeneration -%}{{- '\n' -}}"
+    "{%- else -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- elif part['type'] == 'image' -%}{{- '<image>' -}}"
+    "{%- elif part['type'] == 'audio' -%}{{- '<audio>' -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+
+
+class MMMModalProcessor(ProcessorMixin):
+    r"""
+    Constructs an MMMModal processor from a SigLIP image processor, a Whisper feature extractor and a tokenizer.
+
+    Args:
+        image_processor ([`SiglipImageProcessor`]): Turns images into `pixel_values`.
+        feature_extractor ([`WhisperFeatureExtractor`]): Turns 16 kHz audio into log-mel `input_features`.
+        tokenizer ([`PreTrainedTokenizerBase`]): The language model's tokenizer; the span tokens are added if missing.
+        chat_template (`str`, *optional*): Jinja template; defaults to the multi-turn template above.
+        patch_size (`int`, *optional*): Vision tower patch size; `None` if the model has no vision tower.
+        audio_kernel_size (`int`, *optional*): Audio projector kernel; `None` if the model has no audio tower.
+        audio_stride (`int`, *optional*, defaults to 3): Audio projector stride.
+        max_audio_seconds (`float`, *optional*, defaults to 300.0): Longest clip accepted (split into windows).
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        feature_extractor=None,
+        tokenizer=None,
+        chat_template=None,
+        patch_size: int | None = None,
+        audio_kernel_size: int | None = None,
+        audio_stride: int = 3,
+        max_audio_seconds: float = 300.0,
+        **kwargs,
+    ):
+        missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or AUDIO_PAD_TOKEN
+        self.patch_size = patch_size
+        self.audio_kernel_size = audio_kernel_size
+        self.audio_stride = audio_stride
+        self.max_audio_seconds = max_audio_seconds
+        ids = tokenizer.convert_tokens_to_ids
+        self.image_token, self.audio_token = IMAGE_TOKEN, AUDIO_TOKEN
+        self.image_start_token_id, self.image_end_token_id = ids(IMAGE_TOKEN), ids(IMAGE_END_TOKEN)
+        self.image_token_id, self.audio_token_id = ids(IMAGE_PAD_TOKEN), ids(AUDIO_PAD_TOKEN)
+        self.audio_start_token_id, self.audio_end_token_id = ids(AUDIO_TOKEN), ids(AUDIO_END_TOKEN)
+        super().__init__(image_processor, feature_extractor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+
+    # ----------------------------------------------------------------------------------------------- media loading
+    def _load_image(self, image, where: str):
+        try:
+            image = load_image(image, timeout=MEDIA_TIMEOUT_S) if isinstance(image, str) else image
+            if hasattr(image, "load"):
+                image.load()
+        except Exception as error:
+            raise ValueError(f"Could not read the image {_describe(image)} ({where}): {error}") from error
+        size = getattr(image, "size", None) or np.shape(image)
+        if not size or 0 in tuple(size):
+            raise ValueError(f"The image {_describe(image)} ({where}) is empty.")
+        return image
+
+    def _load_audio(self, audio, sampling_rate: int | None, where: str) -> np.ndarray:
+        target = self.feature_extractor.sampling_rate
+        try:
+            if isinstance(audio, dict):  # datasets' Audio feature: {"array": ..., "sampling_rate": ...}
+                sampling_rate = audio.get("sampling_rate", sampling_rate)
+                audio = audio.get("array") if audio.get("array") is not None else audio.get("path")
+            if isinstance(audio, str):
+                waveform = load_audio(audio, sampling_rate=target, timeout=MEDIA_TIMEOUT_S)
+            else:
+                waveform = np.asarray(audio, dtype=np.float32)
+                if waveform.ndim == 2:  # (channels, samples) -> mono
+                    waveform = waveform.mean(0)
+                if sampling_rate is not None and sampling_rate != target:
+                    waveform = _resample(waveform, sampling_rate, target)
+        except Exception as error:
+            raise ValueError(f"Could not read the audio {_describe(audio)} ({where}): {error}") from error
+        if waveform.ndim != 1 or waveform.size == 0:
+            raise ValueError(f"The audio {_describe(audio)} ({where}) is empty or not mono (shape {waveform.shape}).")
+        if not np.isfinite(waveform).all():
+            raise ValueError(f"The audio {_describe(audio)} ({where}) holds NaN or infinite samples.")
+        seconds = waveform.size / target
+        if seconds > self.max_audio_seconds:
+            raise ValueError(
+                f"The audio {_describe(audio)} ({where}) lasts {seconds:.1f} s, over max_audio_seconds="
+                f"{self.max_audio_seconds:g}. Cut it into shorter clips or raise `max_audio_seconds`."
+            )
+        return waveform
+
+    # ------------------------------------------------------------------------------------------ feature extraction
+    def _image_inputs(self, images: list) -> tuple[dict, list[int]]:
+        if not images:
+            return {}, []
+        if self.patch_size is None:
+            raise ValueError("Got images, but this model has no vision tower: remove the <image> placeholders.")
+        pixel_values = self.image_processor(images, return_tensors="np")["pixel_values"]
+        height, width = pixel_values.shape[-2:]
+        per_image = (height // self.patch_size) * (width // self.patch_size)
+        return {"pixel_values": pixel_values}, [per_image] * len(images)
+
+    def _audio_inputs(self, waveforms: list[np.ndarray]) -> tuple[dict, list[int]]:
+        """Split every clip into consecutive Whisper windows; count the tokens each clip yields."""
+        if not waveforms:
+            return {}, []
+        if self.audio_kernel_size is None:
+            raise ValueError("Got audio, but this model has no audio tower: remove the <audio> placeholders.")
+        window = self.feature_extractor.n_samples
+        windows, clip_of_window = [], []
+        for clip_index, waveform in enumerate(waveforms):
+            for start in range(0, waveform.size, window):
+                windows.append(waveform[start : start + window])
+                clip_of_window.append(clip_index)
+        features = self.feature_extractor(
+            windows,
+            sampling_rate=self.feature_extractor.sampling_rate,
+            padding="max_length",
+            return_attention_mask=True,
+            return_tensors="np",
+        )
+        mask = features["attention_mask"]
+        per_window = [audio_token_lengths(int(n), self.audio_kernel_size, self.audio_stride) for n in mask.sum(-1)]
+        per_clip = np.bincount(clip_of_window, weights=per_window, minlength=len(waveforms)).astype(int).tolist()
+        return {"input_features": features["input_features"], "input_features_mask": mask}, per_clip
+
+    # ------------------------------------------------------------------------------------------------- expansion
+    def _expand(self, ids, offsets, image_counts, audio_counts, sample: int):
+        """Replace each placeholder (and an immediately following end token) by start + N pads + end."""
+        spans = {
+            self.image_start_token_id: (self.image_end_token_id, self.image_token_id, list(image_counts), "image"),
+            self.audio_start_token_id: (self.audio_end_token_id, self.audio_token_id, list(audio_counts), "audio"),
+        }
+        found = {"image": 0, "audio": 0}
+        out_ids, out_offsets, media_spans = [], [], []
+        i = 0
+        while i < len(ids):
+            token = ids[i]
+            if token not in spans:
+                out_ids.append(token)
+                out_offsets.append(offsets[i] if offsets else (0, 0))
+                i += 1
+                continue
+            end_id, pad_id, counts, name = spans[token]
+            if found[name] >= len(counts):
+                raise ValueError(
+                    f"Sample {sample} has more <{name}> placeholders than {name} inputs ({len(counts)} given). "
+                    f"Pass one {name} per placeholder, in order."
+                )
+            n = counts[found[name]]
+            found[name] += 1
+            start = len(out_ids)
+            out_ids.extend([token] + [pad_id] * n + [end_id])
+            out_offsets.extend([(0, 0)] * (n + 2))  # span tokens never belong to an assistant answer
+            media_spans.append((start, len(out_ids)))
+            i += 2 if i + 1 < len(ids) and ids[i + 1] == end_id else 1
+        for name, count in (("image", len(image_counts)), ("audio", len(audio_counts))):
+            if found[name] != count:
+                raise ValueError(
+                    f"Sample {sample} has {found[name]} <{name}> placeholders but {count} {name} inputs. "
+                    f"Pass one {name} per placeholder, in order."
+                )
+        return out_ids, out_offsets, media_spans
+
+    def _truncate(self, ids, offsets, media_spans, max_length: int, side: str, sample: int):
+        if len(ids) <= max_length:
+            return ids, offsets
+        keep = slice(0, max_length) if side == "right" else slice(len(ids) - max_length, len(ids))
+        for start, end in media_spans:
+            if start < keep.start or end > keep.stop:
+                raise ValueError(
+                    f"Sample {sample} is {len(ids)} tokens long; truncating it to max_length={max_length} would cut "
+                    f"through a media span (tokens {start}..{end}). Raise max_length, shorten the text, or drop media."
+                )
+        return ids[keep], offsets[keep]
+
+    def __call__(self, images=None, text=None, audio=None, videos=None, **kwargs) -> BatchFeature:
+        """Tokenize `text`, expand its `<image>` / `<audio>` placeholders, and encode the media.
+
+        Args:
+            images: one image, a flat list (in placeholder order across the batch) or one list per sample.
+                Each is a PIL image, array, path or URL.
+            text (`str` or `list[str]`): text with `<image>` / `<audio>` placeholders.
+            audio: one clip, a flat list or one list per sample; arrays at 16 kHz (or `sampling_rate=`), paths,
+                URLs, or `{"array", "sampling_rate"}` dicts. Any rate is resampled to 16 kHz.
+            **kwargs: `padding`, `truncation`, `max_length`, `pad_to_multiple_of`, `padding_side`,
+                `add_special_tokens`, `return_offsets_mapping`, `return_tensors`, `sampling_rate`.
+        """
+        if videos is not None:
+            raise ValueError("MMMModal takes images and audio, not video.")
+        if text is None:
+            raise ValueError("MMMModalProcessor needs `text` with one <image> / <audio> placeholder per media item.")
+        unknown = set(kwargs) - set(_TEXT_KWARGS) - {"images_kwargs", "audio_kwargs", "text_kwargs"}
+        if unknown:
+            logger.warning_once(f"MMMModalProcessor ignores these arguments: {sorted(unknown)}")
+        texts = [text] if isinstance(text, str) else list(text)
+        want_offsets = kwargs.get("return_offsets_mapping", False)
+        encoded = self.tokenizer(
+            texts,
+            add_special_tokens=kwargs.get("add_special_tokens", True),
+            return_offsets_mapping=want_offsets,
+            return_attention_mask=False,
+        )
+        image_markers = [ids.count(self.image_start_token_id) for ids in encoded["input_ids"]]
+        audio_markers = [ids.count(self.audio_start_token_id) for ids in encoded["input_ids"]]
+        per_sample_images = _split_per_sample(images, image_markers, "image")
+        per_sample_audio = _split_per_sample(audio, audio_markers, "audio")
+
+        flat_images = [self._load_image(im, f"image {k} of sample {s}") for s, ims in enumerate(per_sample_images) for k, im in enumerate(ims)]
+        rate = kwargs.get("sampling_rate")
+        flat_audio = [self._load_audio(a, rate, f"audio {k} of sample {s}") for s, clips in enumerate(per_sample_audio) for k, a in enumerate(clips)]
+        image_data, image_tokens = self._image_inputs(flat_images)
+        audio_data, audio_tokens = self._audio_inputs(flat_audio)
+
+        all_ids, all_offsets = [], []
+        image_iter, audio_iter = iter(image_tokens), iter(audio_tokens)
+        for s, ids in enumerate(encoded["input_ids"]):
+            offsets = encoded["offset_mapping"][s] if want_offsets else None
+            counts_i = [next(image_iter) for _ in per_sample_images[s]]
+            counts_a = [next(audio_iter) for _ in per_sample_audio[s]]
+            ids, offsets, spans = self._expand(ids, offsets, counts_i, counts_a, s)
+            if kwargs.get("truncation") and kwargs.get("max_length"):
+                side = getattr(self.tokenizer, "truncation_side", "right")
+                ids, offsets = self._truncate(ids, offsets, spans, kwargs["max_length"], side, s)
+            all_ids.append(ids)
+            all_offsets.append(offsets)
+
+        data = self._pad(all_ids, all_offsets if want_offsets else None, kwargs)
+        data.update(image_data)
+        data.update(audio_data)
+        return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))
+
+    def _pad(self, all_ids, all_offsets, kwargs) -> dict:
+        padding = kwargs.get("padding", False)
+        lengths = [len(ids) for ids in all_ids]
+        if padding in (True, "longest"):
+            target = max(lengths)
+        elif padding == "max_length":
+            target = kwargs.get("max_length") or max(lengths)
+        else:
+            target = None
+        multiple = kwargs.get("pad_to_multiple_of")
+        if target is not None and multiple:
+            target = int(math.ceil(target / multiple) * multiple)
+        side = kwargs.get("padding_side") or self.tokenizer.padding_side
+        pad_id = self.tokenizer.pad_token_id
+        data = {"input_ids": [], "attention_mask": []}
+        if all_offsets is not None:
+            data["offset_mapping"] = []
+        for s, ids in enumerate(all_ids):
+            n_pad = 0 if target is None else max(target - len(ids), 0)
+            mask = [1] * len(ids)
+            offsets = list(all_offsets[s]) if all_offsets is not None else None
+            if side == "left":
+                ids, mask = [pad_id] * n_pad + ids, [0] * n_pad + mask
+                offsets = [(0, 0)] * n_pad + offsets if offsets is not None else None
+            else:
+                ids, mask = ids + [pad_id] * n_pad, mask + [0] * n_pad
+                offsets = offsets + [(0, 0)] * n_pad if offsets is not None else None
+            data["input_ids"].append(ids)
+            data["attention_mask"].append(mask)
+            if offsets is not None:
+                data["offset_mapping"].append(offsets)
+        return data
+
+    # ----------------------------------------------------------------------------------------------- chat
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """`ProcessorMixin.apply_chat_template`, after dropping content-part keys that are `None`.
+
+        Rows read by `datasets` give every part every key (`{"type": "text", "text": "hi", "path": None}`);
+        the base class would try to load `None` as an image or audio.
+        """
+        return super().apply_chat_template(_drop_none_keys(conversation), *args, **kwargs)
+
+    def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params, load_audio_from_video=False):
+        """Same as the base class, but a media part that cannot be read raises an error naming it."""
+        try:
+            return super()._multimodal_inputs_from_conversations(conversations, audio_loading_params, load_audio_from_video)
+        except ValueError:
+            raise
+        except Exception as error:
+            raise ValueError(f"Could not read a media part of the conversation: {error}") from error
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @classmethod
+    def from_parts(
+        cls,
+        vision=None,
+        audio=None,
+        text=None,
+        audio_kernel_size: int = 40,
+        audio_stride: int = 3,
+        max_audio_seconds: float = 300.0,
+        **kwargs,
+    ) -> "MMMModalProcessor":
+        """Compose a processor from the three pretrained sources (hub ids or local folders).
+
+        `vision` gives the image processor and patch size, `audio` the Whisper feature extractor, `text` the
+        tokenizer (the span tokens are added to it). A missing tower still gets a default sub-processor (the
+        processor always has all three parts), but its placeholders are refused.
+        """
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, SiglipImageProcessor
+        from transformers import WhisperFeatureExtractor
+
+        if text is None:
+            raise ValueError("`text` (the language model's tokenizer source) is required.")
+        tokenizer = AutoTokenizer.from_pretrained(text, **kwargs)
+        patch_size = None
+        image_processor = SiglipImageProcessor()
+        if vision is not None:
+            vision_config = AutoConfig.from_pretrained(vision, **kwargs)
+            patch_size = getattr(vision_config, "vision_config", vision_config).patch_size
+            image_processor = AutoImageProcessor.from_pretrained(vision, **kwargs)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(audio, **kwargs) if audio else WhisperFeatureExtractor()
+        return cls(
+            image_processor,
+            feature_extractor,
+            tokenizer,
+            patch_size=patch_size,
+            audio_kernel_size=audio_kernel_size if audio is not None else None,
+            audio_stride=audio_stride,
+            max_audio_seconds=max_audio_seconds,
+        )
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"]
+
+
+def _describe(item) -> str:
+    if isinstance(item, str):
+        return repr(item if len(item) < 200 else item[:200] + "...")
+    if isinstance(item, dict):
+        return _describe(item.get("path") or "<array>")
+    return f"<{type(item).__name__}>"
+
+
+def _split_per_sample(media, markers: list[int], name: str) -> list[list]:
+    """Group media per sample: accepts one item, a flat list in placeholder order, or one list per sample."""
+    if media is None:
+        media = []
+    elif not isinstance(media, (list, tuple)):
+        media = [media]
+    if len(media) and all(isinstance(m, (list, tuple)) for m in media) and len(media) == len(markers):
+        nested = [list(m) for m in media]
+    else:
+        if len(media) != sum(markers):
+            raise ValueError(
+                f"The text holds {sum(markers)} <{name}> placeholders (per sample: {markers}) but {len(media)} "
+                f"{name} inputs were given. Pass one {name} per placeholder, in order."
+            )
+        bounds = np.cumsum([0] + markers)
+        nested = [list(media[bounds[i] : bounds[i + 1]]) for i in range(len(markers))]
+    for sample, (items, count) in enumerate(zip(nested, markers)):
+        if len(items) != count:
+            raise ValueError(
+                f"Sample {sample} has {count} <{name}> placeholders but {len(items)} {name} inputs. "
+                f"Pass one {name} per placeholder, in order."
+            )
+    return nested
+
+
+def _drop_none_keys(conversation):
+    def clean_message(message):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            return message
+        content = [{k: v for k, v in part.items() if v is not None} if isinstance(part, dict) else part for part in message["content"]]
+        return {**message, "content": content}
+
+    if conversation and isinstance(conversation[0], (list, tuple)):
+        return [[clean_message(m) for m in conv] for conv in conversation]
+    return [clean_message(m) for m in conversation]
+
+
+def _resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Band-limited resampling (windowed sinc through FFT); for arrays given at another rate."""
+    n_out = int(round(waveform.size * target_rate / source_rate))
+    spectrum = np.fft.rfft(waveform)
+    n_keep = min(spectrum.size, n_out // 2 + 1)
+    out_spectrum = np.zeros(n_out // 2 + 1, dtype=spectrum.dtype)
+    out_spectrum[:n_keep] = spectrum[:n_keep]
+    return (np.fft.irfft(out_spectrum, n=n_out) * (n_out / waveform.size)).astype(np.float32)
+
+
+MMMModalProcessor.register_for_auto_class()
+
+__all__ = ["MMMModalProcessor"]
