@@ -1,0 +1,96 @@
+"""Scoring of the synthetic task, independent of any model.
+
+Give either an `answer_fn(messages_so_far, images) -> str` (called once per assistant turn, with
+the conversation up to and including that turn's user message; earlier assistant turns hold the
+reference answers, i.e. teacher forcing) or `predictions` aligned with the rows' `answers`.
+Exact match after normalisation (case, punctuation, whitespace; number words -> digits).
+Each question type is reported with its chance level (uniform guess over its answer space) and
+its majority baseline (share of the most frequent reference answer in the scored rows).
+"""
+
+import logging
+import re
+import string
+from collections import Counter, defaultdict
+
+from tqdm.auto import tqdm
+
+from .synthetic_media import NUMBER_WORDS
+from .synthetic_questions import QUESTION_TYPES, chance_level
+
+logger = logging.getLogger(__name__)
+_WORD_TO_DIGIT = {w: str(n) for table in NUMBER_WORDS.values() for n, w in table.items()}
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_answer(text) -> str:
+    words = _PUNCT.sub(" ", str(text or "").lower()).split()
+    return " ".join(_WORD_TO_DIGIT.get(w, w) for w in words)
+
+
+def _predict(rows, answer_fn) -> list:
+    predictions = []
+    for row in tqdm(rows, desc="evaluate", unit="row"):
+        messages, row_preds = row["messages"], []
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                row_preds.append(answer_fn(messages[:i], row.get("images") or []))
+        predictions.append(row_preds)
+    return predictions
+
+
+def _check_aligned(rows, predictions):
+    if len(predictions) != len(rows):
+        raise ValueError(f"Predictions: expected one list per row ({len(rows)}), found {len(predictions)}. "
+                         "Fix: align predictions with the rows you score.")
+    for index, (row, preds) in enumerate(zip(rows, predictions)):
+        if len(preds) != len(row["answers"]):
+            raise ValueError(f"Row {row.get('id', index)}: expected {len(row['answers'])} predictions "
+                             f"(one per assistant turn), found {len(preds)}.")
+
+
+def _summary(items) -> dict:
+    n = len(items)
+    return {"accuracy": sum(ok for ok, _ in items) / n if n else float("nan"), "n": n,
+            "chance": sum(c for _, c in items) / n if n else float("nan")}
+
+
+def evaluate(rows, answer_fn=None, predictions=None) -> dict:
+    """Exact-match accuracy per question type, and aggregated over single- and cross-media types.
+
+    Returns {"per_type": {qtype: {accuracy, n, chance, majority}}, "single_media": {accuracy, n,
+    chance}, "cross_media": {...}, "overall": {...}}; the aggregates' chance is the mean chance of
+    the questions they hold.
+    """
+    rows = list(rows)
+    if (answer_fn is None) == (predictions is None):
+        raise ValueError("Evaluate: expected exactly one of `answer_fn` or `predictions`, found "
+                         f"{'both' if answer_fn else 'neither'}.")
+    predictions = _predict(rows, answer_fn) if answer_fn is not None else predictions
+    _check_aligned(rows, predictions)
+    by_type, refs_by_type, groups = defaultdict(list), defaultdict(list), defaultdict(list)
+    for row, preds in zip(rows, predictions):
+        for qtype, ref, pred in zip(row["qtypes"], row["answers"], preds):
+            item = (normalize_answer(pred) == normalize_answer(ref), chance_level(qtype, row.get("language", "en")))
+            by_type[qtype].append(item)
+            refs_by_type[qtype].append(normalize_answer(ref))
+            groups["cross_media" if QUESTION_TYPES[qtype].cross else "single_media"].append(item)
+            groups["overall"].append(item)
+    per_type = {}
+    for qtype in sorted(by_type):
+        per_type[qtype] = _summary(by_type[qtype])
+        per_type[qtype]["majority"] = Counter(refs_by_type[qtype]).most_common(1)[0][1] / len(refs_by_type[qtype])
+    result = {"per_type": per_type}
+    result.update({name: _summary(groups[name]) for name in ("single_media", "cross_media", "overall")})
+    return result
+
+
+def format_report(result: dict) -> str:
+    """A plain-text table of `evaluate`'s result."""
+    lines = [f"{'question type':<26}{'n':>6}{'accuracy':>10}{'chance':>8}{'majority':>10}"]
+    for qtype, r in result["per_type"].items():
+        lines.append(f"{qtype:<26}{r['n']:>6}{r['accuracy']:>10.3f}{r['chance']:>8.3f}{r['majority']:>10.3f}")
+    for name in ("single_media", "cross_media", "overall"):
+        r = result[name]
+        lines.append(f"{name:<26}{r['n']:>6}{r['accuracy']:>10.3f}{r['chance']:>8.3f}")
+    return "\n".join(lines)
