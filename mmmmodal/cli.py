@@ -10,6 +10,7 @@ import sys
 
 COMMANDS = {
     "build": "mmmmodal.build",
+    "chat": "mmmmodal.chat",
 }
 
 

@@ -396,9 +396,19 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         model.generation_config.eos_token_id = eos + [end_of_turn] if end_of_turn not in eos else eos
         model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+        model.config.base_models = [str(source) for source in (vision, audio, text) if source is not None]
         if config.training_stage is not None:
             model.set_training_stage(config.training_stage)
         return model
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading replaces the parameters built in __init__, so the training stage is applied again afterwards.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        if model.config.training_stage is not None:
+            model.set_training_stage(model.config.training_stage)
+        return loaded
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

@@ -1,0 +1,74 @@
+"""`mmmmodal build`: compose a new MMMModal checkpoint from a SigLIP, a Whisper and a causal LM.
+
+    mmmmodal build --vision google/siglip-base-patch16-384 --audio openai/whisper-small \\
+        --text TinyLlama/TinyLlama-1.1B-Chat-v1.0 --out mmmmodal-tinyllama
+
+`--tiny` builds the parts offline from tiny configs instead (for trying things without a download).
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_checkpoint(out, vision=None, audio=None, text=None, dtype=None, **config_kwargs):
+    """Build model and processor from the three sources and save a complete remote-code checkpoint to `out`."""
+    from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
+
+    projector = {k: config_kwargs.pop(k) for k in ("audio_kernel_size", "audio_stride") if k in config_kwargs}
+    processor = MMMModalProcessor.from_parts(vision, audio, text, **projector)
+    model = MMMModalForConditionalGeneration.from_parts(vision, audio, text, processor=processor, dtype=dtype, **config_kwargs)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return model, processor
+
+
+def run(args) -> int:
+    if args.tiny:
+        from .tiny import save_tiny_parts
+
+        parts = save_tiny_parts(Path(args.out) / "parts")
+        vision, audio, text = (None if args.no_vision else parts["vision"]), parts["audio"], parts["text"]
+        if args.no_audio:
+            audio = None
+    else:
+        if not args.text:
+            raise SystemExit("mmmmodal build: --text is required (or use --tiny).")
+        vision, audio, text = args.vision, args.audio, args.text
+    model, _ = build_checkpoint(
+        args.out,
+        vision,
+        audio,
+        text,
+        dtype=DTYPES[args.dtype] if args.dtype else None,
+        vision_feature_layer=args.vision_feature_layer,
+        audio_feature_layer=args.audio_feature_layer,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"Saved MMMModal ({n_params / 1e6:.1f}M parameters) to {args.out}")
+    return 0
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "build",
+        help="compose a new model from a SigLIP, a Whisper and a causal LM (hub ids or local folders)",
+        description=__doc__,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--vision", help="SigLIP checkpoint (hub id or folder); omit for an audio-only model")
+    parser.add_argument("--audio", help="Whisper checkpoint (hub id or folder); omit for a vision-only model")
+    parser.add_argument("--text", help="causal LM checkpoint (hub id or folder)")
+    parser.add_argument("--out", required=True, help="output folder for the new checkpoint")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype to load and save the parts in")
+    parser.add_argument("--vision-feature-layer", type=int, default=-2)
+    parser.add_argument("--audio-feature-layer", type=int, default=-2)
+    parser.add_argument("--tiny", action="store_true", help="build tiny parts offline instead of loading sources")
+    parser.add_argument("--no-vision", action="store_true", help="with --tiny: leave out the vision tower")
+    parser.add_argument("--no-audio", action="store_true", help="with --tiny: leave out the audio tower")
+    parser.set_defaults(func=run)

@@ -1,0 +1,104 @@
+"""Checkpoints load as remote code, in a Python where `modeling_mmmmodal` cannot be imported."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+CLEAN_LOAD = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling_mmmmodal"] = None  # make `import modeling_mmmmodal` fail: only the checkpoint's code may run
+    import torch
+    from transformers import AutoModel, AutoProcessor
+    ckpt, messages_file, out_file = sys.argv[1:4]
+    model = AutoModel.from_pretrained(ckpt, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(ckpt, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    messages = json.load(open(messages_file))
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -1].tolist()
+        tokens = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0].tolist()
+    json.dump({"logits": logits, "tokens": tokens, "class": type(model).__name__}, open(out_file, "w"))
+    """
+)
+
+
+def _messages(media_files):
+    return [{"role": "user", "content": [
+        {"type": "image", "path": media_files["image0"]},
+        {"type": "audio", "path": media_files["audio0"]},
+        {"type": "image", "path": media_files["image1"]},
+        {"type": "text", "text": "What do you see and hear?"},
+    ]}]
+
+
+def test_checkpoint_folder_is_complete_and_safetensors_only(tiny_checkpoint):
+    files = {p.name for p in Path(tiny_checkpoint).iterdir()}
+    assert {"config.json", "model.safetensors", "configuration_mmmmodal.py", "modeling_mmmmodal.py",
+            "processing_mmmmodal.py", "processor_config.json", "chat_template.jinja", "tokenizer.json"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    auto_map = json.loads((Path(tiny_checkpoint) / "config.json").read_text())["auto_map"]
+    for key in ("AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM", "AutoProcessor"):
+        assert key in auto_map
+    # shipped code imports only each other (single dot), torch, numpy and transformers
+    for name in ("configuration_mmmmodal.py", "modeling_mmmmodal.py", "processing_mmmmodal.py"):
+        source = (Path(tiny_checkpoint) / name).read_text()
+        assert "from .." not in source and "from . import" not in source
+        for line in source.splitlines():
+            if line.startswith(("import ", "from ")):
+                root = line.split()[1].split(".")[0]
+                assert root in {"", "math", "dataclasses", "torch", "numpy", "transformers"}, line
+
+
+def test_clean_process_loads_and_matches(tiny, tiny_checkpoint, media_files, tmp_path):
+    model, processor = tiny
+    messages = _messages(media_files)
+    (tmp_path / "messages.json").write_text(json.dumps(messages))
+    result = subprocess.run(
+        [sys.executable, "-c", CLEAN_LOAD, str(tiny_checkpoint), str(tmp_path / "messages.json"), str(tmp_path / "out.json")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads((tmp_path / "out.json").read_text())
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -1]
+        tokens = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0].tolist()
+    assert loaded["class"] == "MMMModalForConditionalGeneration"
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), logits, atol=1e-5, rtol=1e-5)
+    assert loaded["tokens"] == tokens
+
+
+def test_auto_classes_sdpa_device_map_and_stage_kwarg(tiny_checkpoint):
+    model = AutoModelForImageTextToText.from_pretrained(
+        tiny_checkpoint, trust_remote_code=True, attn_implementation="sdpa", device_map="auto", training_stage=1
+    )
+    assert model.config.text_config._attn_implementation == "sdpa"
+    assert model.config.training_stage == 1
+    trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"multi_modal_projector", "audio_projector"}
+    assert AutoModel.from_pretrained(tiny_checkpoint, trust_remote_code=True).config.training_stage is None
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+    assert processor.patch_size == 8 and processor.audio_kernel_size == 40
+
+
+def test_build_command_writes_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "built"
+    result = subprocess.run([sys.executable, "-m", "mmmmodal.cli", "build", "--tiny", "--no-audio", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert model.model.audio_tower is None and model.model.vision_tower is not None
+    assert model.config.base_models == [str(out / "parts" / "vision"), str(out / "parts" / "text")]
+    # the new tokens were added and the embeddings grown to match
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer)
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
