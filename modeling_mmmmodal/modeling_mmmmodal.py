@@ -403,6 +403,8 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        # A checkpoint is untrusted data: weights come from safetensors only, never from a pickle.
+        kwargs.setdefault("use_safetensors", True)
         # Loading replaces the parameters built in __init__, so the training stage is applied again afterwards.
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple

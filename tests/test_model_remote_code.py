@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
@@ -102,3 +103,12 @@ def test_build_command_writes_a_loadable_checkpoint(tmp_path):
     processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
     assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer)
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+
+def test_pickled_weights_are_never_loaded(tiny, tmp_path):
+    model, _ = tiny
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
