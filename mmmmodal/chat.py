@@ -1,0 +1,321 @@
+"""Multi-turn chat over images and audio, reusing the KV cache across turns; and the `mmmmodal chat` terminal app.
+
+`ChatSession` keeps the conversation (standard chat messages), the token ids seen so far and the model's
+`DynamicCache`. Each new turn encodes only its own text and media and continues from the cache, so earlier
+images and audio are never re-encoded and the earlier prompt is never recomputed.
+
+    mmmmodal chat ./my-checkpoint
+    > /image cat.jpg
+    > /audio https://example.com/meow.wav
+    > Does the sound match the picture?
+"""
+
+import json
+import shlex
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, TextIteratorStreamer
+from transformers.utils import logging
+
+from modeling_mmmmodal.configuration_mmmmodal import TURN_END_TOKEN
+
+from .loading import context_limit, load_checkpoint
+
+logger = logging.get_logger(__name__)
+
+MEDIA_KINDS = ("image", "audio")
+
+
+def media_source(part: dict):
+    """The path, URL or object a standard content part points at (`path`, `url`, then the kind's own key)."""
+    for key in ("path", "url", part.get("type"), "base64"):
+        if key and part.get(key) is not None:
+            return part[key]
+    raise ValueError(f"The {part.get('type')} part {part!r} names no source: give it a `path` or a `url`.")
+
+
+def conversation_media(messages: list[dict]) -> tuple[list, list]:
+    """Images and audio clips of `messages`, each in placeholder order."""
+    found = {kind: [] for kind in MEDIA_KINDS}
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") in found:
+                found[part["type"]].append(media_source(part))
+    return found["image"], found["audio"]
+
+
+@dataclass
+class _Turn:
+    """Inputs of one new turn: the tokens to add after the cache and the media they hold."""
+
+    input_ids: torch.Tensor
+    media: dict = field(default_factory=dict)
+
+
+class ChatSession:
+    """One conversation with an MMMModal model, with the KV cache kept between turns.
+
+    Args:
+        model: a loaded MMMModal model (eval mode).
+        processor: its processor.
+        max_new_tokens (`int`): longest answer per turn.
+        system (`str`, *optional*): a system message put at the start of the conversation.
+        **generate_kwargs: passed to `model.generate` (`do_sample`, `temperature`, ...). Greedy by default.
+
+    Example:
+
+    ```python
+    >>> session = ChatSession(model, processor)
+    >>> session.attach("image", "cat.png")
+    >>> for piece in session.stream("What is in picture 1?"):
+    ...     print(piece, end="")
+    >>> session.ask("And what colour is it?")   # the image is not encoded again
+    ```
+    """
+
+    def __init__(self, model, processor, max_new_tokens: int = 256, system: str | None = None, **generate_kwargs):
+        self.model = model
+        self.processor = processor
+        self.max_new_tokens = max_new_tokens
+        self.system = system
+        self.generate_kwargs = {"do_sample": False, **generate_kwargs}
+        self.turn_end_id = processor.tokenizer.convert_tokens_to_ids(TURN_END_TOKEN)
+        self.reset()
+
+    # ------------------------------------------------------------------------------------------------ state
+    def reset(self):
+        """Forget the conversation, the cache and any media attached but not sent."""
+        self.messages = [{"role": "system", "content": [{"type": "text", "text": self.system}]}] if self.system else []
+        self.pending = []  # (content part, loaded image / waveform) attached for the next user turn
+        self._ids = None  # (1, S) every token the cache holds, plus the last generated one
+        self._cache = None
+        self._cached_messages = 0  # how many of `self.messages` the cache holds
+        self._closing = ""  # text that closes the last assistant turn (template tail) before the next turn
+        self._last_prompt_length = 0  # length of the last turn's prompt within `self._ids`
+
+    def attach(self, kind: str, source):
+        """Attach an image or audio clip (path, URL, PIL image or array) to the next user turn.
+
+        The media is read now, so a bad file is refused at once with a `ValueError` and nothing is attached.
+        """
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"Unknown media kind {kind!r}: expected one of {MEDIA_KINDS}.")
+        where = f"attached {kind}"
+        if kind == "image":
+            loaded = self.processor._load_image(source, where)
+        else:
+            loaded = self.processor._load_audio(source, None, where)
+        if isinstance(source, str):
+            part = {"type": kind, "url" if "://" in source or source.startswith("data:") else "path": source}
+        else:  # an in-memory object: usable now, but `save` cannot write it out
+            part = {"type": kind}
+        self.pending.append((part, loaded))
+
+    def save(self, path):
+        """Write the conversation as JSON in the standard messages format."""
+        Path(path).write_text(json.dumps(self.messages, ensure_ascii=False, indent=2), encoding="utf-8")
+
+    def load(self, path):
+        """Replace the conversation by the messages in a JSON file written by `save` (or any standard one).
+
+        Its media are read (and the cache built) at the next turn, in one pass.
+        """
+        messages = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise ValueError(f"{path} does not hold a list of chat messages ({{'role': ..., 'content': ...}}).")
+        self.reset()
+        self.messages = messages
+
+    @property
+    def cached_tokens(self) -> int:
+        return 0 if self._cache is None else self._cache.get_seq_length()
+
+    # ------------------------------------------------------------------------------------------------ turns
+    def ask(self, text: str) -> str:
+        """Send a user turn (with the attached media) and return the whole answer."""
+        return "".join(self.stream(text))
+
+    def stream(self, text: str):
+        """Send a user turn (with the attached media) and yield the answer piece by piece as it is generated.
+
+        Raises `ValueError` (before anything is generated, leaving the session as it was) for unreadable media,
+        or a conversation that no longer fits the model's context.
+        """
+        user = {"role": "user", "content": [part for part, _ in self.pending] + [{"type": "text", "text": text}]}
+        turn = self._encode_turn(user)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result = self._start_generation(turn, streamer)
+        yield from streamer
+        result["thread"].join()
+        if "error" in result:
+            raise result["error"]
+        self._finish_turn(user, result)
+
+    def _encode_turn(self, user: dict) -> _Turn:
+        """Tokenize what the cache does not hold yet (earlier messages after a `load`, then the new user turn)."""
+        template = self.processor.apply_chat_template
+        new_messages = self.messages[self._cached_messages :] + [user]
+        before = template(self.messages[: self._cached_messages], tokenize=False) if self._cached_messages else ""
+        after = template(self.messages[: self._cached_messages] + new_messages, tokenize=False, add_generation_prompt=True)
+        if not after.startswith(before):
+            raise ValueError("The chat template does not render a conversation as a prefix of its continuation.")
+        images, audio = conversation_media(self.messages[self._cached_messages :])
+        images += [loaded for part, loaded in self.pending if part["type"] == "image"]
+        audio += [loaded for part, loaded in self.pending if part["type"] == "audio"]
+        inputs = self.processor(
+            text=self._closing + after[len(before) :],
+            images=images or None,
+            audio=audio or None,
+            add_special_tokens=self._ids is None,
+            return_tensors="pt",
+        )
+        new_ids = inputs.pop("input_ids")
+        inputs.pop("attention_mask")
+        limit = context_limit(self.model)
+        total = self.cached_tokens + new_ids.shape[1] + self.max_new_tokens
+        if limit is not None and total > limit:
+            raise ValueError(
+                f"This turn does not fit the model's context: {self.cached_tokens} tokens so far + {new_ids.shape[1]} "
+                f"new (text and media) + up to {self.max_new_tokens} for the answer = {total} > {limit}. "
+                "Attach fewer or shorter media, `/reset` the conversation, or lower max_new_tokens."
+            )
+        media = {k: v.to(self.model.device) for k, v in inputs.items()}
+        if "pixel_values" in media:
+            media["pixel_values"] = media["pixel_values"].to(self.model.dtype)
+        if "input_features" in media:
+            media["input_features"] = media["input_features"].to(self.model.dtype)
+        return _Turn(new_ids.to(self.model.device), media)
+
+    def _start_generation(self, turn: _Turn, streamer) -> dict:
+        """Run `generate` on a thread from the kept cache; the result dict gets `sequences` or `error`."""
+        input_ids = turn.input_ids if self._ids is None else torch.cat([self._ids, turn.input_ids], dim=1)
+        cache = self._cache if self._cache is not None else DynamicCache(config=self.model.config.text_config)
+        cached = cache.get_seq_length()
+        result = {"prompt_length": input_ids.shape[1], "cache": cache}
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    result["sequences"] = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        past_key_values=cache,
+                        max_new_tokens=self.max_new_tokens,
+                        streamer=streamer,
+                        **turn.media,
+                        **self.generate_kwargs,
+                    )
+            except Exception as error:  # handed to the caller's thread, which re-raises it
+                cache.crop(cached)  # back to the state before this turn: the session stays usable
+                result["error"] = error
+                streamer.end()
+
+        result["thread"] = threading.Thread(target=run, daemon=True)
+        result["thread"].start()
+        return result
+
+    def _finish_turn(self, user: dict, result: dict):
+        sequences = result["sequences"]
+        answer_ids = sequences[0, result["prompt_length"] :]
+        answer = self.processor.decode(answer_ids, skip_special_tokens=True)
+        self.messages += [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        self._cached_messages = len(self.messages)
+        self._ids, self._cache = sequences, result["cache"]
+        self._last_prompt_length = result["prompt_length"]
+        ended = len(answer_ids) > 0 and int(answer_ids[-1]) == self.turn_end_id
+        self._closing = ("" if ended else TURN_END_TOKEN) + "\n"  # ChatML: `<|im_end|>\n` closes every turn
+        self.pending = []
+
+
+# ---------------------------------------------------------------------------------------------------- terminal app
+HELP = """Commands:
+  /image PATH_OR_URL   attach an image to your next message (repeat for several)
+  /audio PATH_OR_URL   attach an audio clip to your next message (wav, mp3, flac, ...)
+  /reset               start a new conversation
+  /save FILE.json      save the conversation (standard chat messages)
+  /load FILE.json      continue a saved conversation
+  /help                this text
+  /quit                leave (Ctrl-D too)
+Anything else is sent as your message, with the media attached since the last one."""
+
+
+def run_repl(session: ChatSession, lines, out=sys.stdout) -> int:
+    """Read commands and messages from the iterable `lines`, write answers to `out` as they stream."""
+    write = out.write
+    write("MMMModal chat. /help for commands.\n")
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        command, _, argument = line.partition(" ")
+        argument = argument.strip()
+        try:
+            if command == "/quit":
+                break
+            elif command == "/help":
+                write(HELP + "\n")
+            elif command in ("/image", "/audio"):
+                if not argument:
+                    raise ValueError(f"Usage: {command} PATH_OR_URL")
+                session.attach(command[1:], _unquote(argument))
+                write(f"[attached {command[1:]} {argument}; {len(session.pending)} waiting for your message]\n")
+            elif command == "/reset":
+                session.reset()
+                write("[new conversation]\n")
+            elif command in ("/save", "/load"):
+                if not argument:
+                    raise ValueError(f"Usage: {command} FILE.json")
+                getattr(session, command[1:])(_unquote(argument))
+                write(f"[{'saved' if command == '/save' else 'loaded'} {len(session.messages)} messages: {argument}]\n")
+            elif command.startswith("/") and " " not in command[1:] and command[1:].isalpha():
+                raise ValueError(f"Unknown command {command}. /help lists the commands.")
+            else:
+                write("assistant: ")
+                for piece in session.stream(line):
+                    write(piece)
+                    out.flush()
+                write("\n")
+        except (ValueError, OSError) as error:
+            write(f"[error] {error}\n")
+        out.flush()
+    return 0
+
+
+def _unquote(argument: str) -> str:
+    try:
+        parts = shlex.split(argument)
+    except ValueError:
+        return argument
+    return parts[0] if len(parts) == 1 else argument
+
+
+def _input_lines():
+    while True:
+        try:
+            yield input("> ")
+        except EOFError:
+            return
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("chat", help="Chat with a checkpoint in the terminal (images and audio by path or URL).")
+    parser.add_argument("checkpoint", help="A folder written by save_pretrained, or a hub repository id.")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy.")
+    parser.add_argument("--system", default=None, help="System message.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    model, processor = load_checkpoint(args.checkpoint, args.device, args.dtype)
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {}
+    session = ChatSession(model, processor, max_new_tokens=args.max_new_tokens, system=args.system, **sampling)
+    lines = _input_lines() if sys.stdin.isatty() else sys.stdin
+    return run_repl(session, lines)
