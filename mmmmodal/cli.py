@@ -11,6 +11,7 @@ import sys
 COMMANDS = {
     "build": "mmmmodal.build",
     "chat": "mmmmodal.chat",
+    "data": "mmmmodal.data",
 }
 
 
