@@ -253,7 +253,12 @@ class MMMModalModel(MMMModalPreTrainedModel):
                 continue
             if outputs is None:
                 outputs = self._dummy_outputs(modality)
-            term = outputs.last_hidden_state.sum() + sum(f.sum() for f in outputs.pooler_output)
+                term = outputs.last_hidden_state.sum() + sum(f.sum() for f in outputs.pooler_output)
+            elif outputs.last_hidden_state.requires_grad:
+                # Features that were given already reach the loss; only a trainable tower's top layer needs anchoring.
+                term = outputs.last_hidden_state.sum()
+            else:
+                continue
             anchor = term * 0.0 if anchor is None else anchor + term * 0.0
         return inputs_embeds if anchor is None else inputs_embeds + anchor.to(inputs_embeds.dtype)
 
