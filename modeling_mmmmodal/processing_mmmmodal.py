@@ -191,41 +191,31 @@ class MMMModalProcessor(ProcessorMixin):
         return {"input_features": features["input_features"], "input_features_mask": mask}, per_clip
 
     # ------------------------------------------------------------------------------------------------- expansion
-    def _expand(self, ids, offsets, image_counts, audio_counts, sample: int):
-        """Replace each placeholder (and an immediately following end token) by start + N pads + end."""
+    def _expand(self, ids: list[int], offsets, image_counts: list[int], audio_counts: list[int]):
+        """Replace each placeholder (and an immediately following end token) by start + N pads + end.
+
+        Counts were checked against the placeholders already; this only splices, one slice per media item.
+        Returns the new ids, their offsets (span tokens get (0, 0): never part of an assistant answer) and the
+        (start, end) of every span.
+        """
         spans = {
-            self.image_start_token_id: (self.image_end_token_id, self.image_token_id, list(image_counts), "image"),
-            self.audio_start_token_id: (self.audio_end_token_id, self.audio_token_id, list(audio_counts), "audio"),
+            self.image_start_token_id: (self.image_token_id, self.image_end_token_id, iter(image_counts)),
+            self.audio_start_token_id: (self.audio_token_id, self.audio_end_token_id, iter(audio_counts)),
         }
-        found = {"image": 0, "audio": 0}
-        out_ids, out_offsets, media_spans = [], [], []
-        i = 0
-        while i < len(ids):
-            token = ids[i]
-            if token not in spans:
-                out_ids.append(token)
-                out_offsets.append(offsets[i] if offsets else (0, 0))
-                i += 1
-                continue
-            end_id, pad_id, counts, name = spans[token]
-            if found[name] >= len(counts):
-                raise ValueError(
-                    f"Sample {sample} has more <{name}> placeholders than {name} inputs ({len(counts)} given). "
-                    f"Pass one {name} per placeholder, in order."
-                )
-            n = counts[found[name]]
-            found[name] += 1
+        offsets = offsets or [(0, 0)] * len(ids)
+        out_ids, out_offsets, media_spans, cursor = [], [], [], 0
+        for i in [i for i, token in enumerate(ids) if token in spans]:
+            pad_id, end_id, counts = spans[ids[i]]
+            n = next(counts)
+            out_ids += ids[cursor:i]
+            out_offsets += offsets[cursor:i]
             start = len(out_ids)
-            out_ids.extend([token] + [pad_id] * n + [end_id])
-            out_offsets.extend([(0, 0)] * (n + 2))  # span tokens never belong to an assistant answer
+            out_ids += [ids[i]] + [pad_id] * n + [end_id]
+            out_offsets += [(0, 0)] * (n + 2)
             media_spans.append((start, len(out_ids)))
-            i += 2 if i + 1 < len(ids) and ids[i + 1] == end_id else 1
-        for name, count in (("image", len(image_counts)), ("audio", len(audio_counts))):
-            if found[name] != count:
-                raise ValueError(
-                    f"Sample {sample} has {found[name]} <{name}> placeholders but {count} {name} inputs. "
-                    f"Pass one {name} per placeholder, in order."
-                )
+            cursor = i + (2 if i + 1 < len(ids) and ids[i + 1] == end_id else 1)
+        out_ids += ids[cursor:]
+        out_offsets += offsets[cursor:]
         return out_ids, out_offsets, media_spans
 
     def _truncate(self, ids, offsets, media_spans, max_length: int, side: str, sample: int):
@@ -256,45 +246,60 @@ class MMMModalProcessor(ProcessorMixin):
             raise ValueError("MMMModal takes images and audio, not video.")
         if text is None:
             raise ValueError("MMMModalProcessor needs `text` with one <image> / <audio> placeholder per media item.")
-        unknown = set(kwargs) - set(_TEXT_KWARGS) - {"images_kwargs", "audio_kwargs", "text_kwargs"}
+        for nested in ("text_kwargs", "images_kwargs", "audio_kwargs"):  # ProcessorMixin's per-modality groups
+            kwargs.update(kwargs.pop(nested, None) or {})
+        unknown = set(kwargs) - set(_TEXT_KWARGS)
         if unknown:
             logger.warning_once(f"MMMModalProcessor ignores these arguments: {sorted(unknown)}")
-        texts = [text] if isinstance(text, str) else list(text)
         want_offsets = kwargs.get("return_offsets_mapping", False)
         encoded = self.tokenizer(
-            texts,
+            [text] if isinstance(text, str) else list(text),
             add_special_tokens=kwargs.get("add_special_tokens", True),
             return_offsets_mapping=want_offsets,
             return_attention_mask=False,
         )
-        image_markers = [ids.count(self.image_start_token_id) for ids in encoded["input_ids"]]
-        audio_markers = [ids.count(self.audio_start_token_id) for ids in encoded["input_ids"]]
-        per_sample_images = _split_per_sample(images, image_markers, "image")
-        per_sample_audio = _split_per_sample(audio, audio_markers, "audio")
-
-        flat_images = [self._load_image(im, f"image {k} of sample {s}") for s, ims in enumerate(per_sample_images) for k, im in enumerate(ims)]
-        rate = kwargs.get("sampling_rate")
-        flat_audio = [self._load_audio(a, rate, f"audio {k} of sample {s}") for s, clips in enumerate(per_sample_audio) for k, a in enumerate(clips)]
-        image_data, image_tokens = self._image_inputs(flat_images)
-        audio_data, audio_tokens = self._audio_inputs(flat_audio)
-
+        media_data, image_counts, audio_counts = self._encode_media(
+            encoded["input_ids"], images, audio, kwargs.get("sampling_rate")
+        )
         all_ids, all_offsets = [], []
-        image_iter, audio_iter = iter(image_tokens), iter(audio_tokens)
         for s, ids in enumerate(encoded["input_ids"]):
             offsets = encoded["offset_mapping"][s] if want_offsets else None
-            counts_i = [next(image_iter) for _ in per_sample_images[s]]
-            counts_a = [next(audio_iter) for _ in per_sample_audio[s]]
-            ids, offsets, spans = self._expand(ids, offsets, counts_i, counts_a, s)
+            ids, offsets, spans = self._expand(ids, offsets, image_counts[s], audio_counts[s])
             if kwargs.get("truncation") and kwargs.get("max_length"):
                 side = getattr(self.tokenizer, "truncation_side", "right")
                 ids, offsets = self._truncate(ids, offsets, spans, kwargs["max_length"], side, s)
             all_ids.append(ids)
             all_offsets.append(offsets)
-
         data = self._pad(all_ids, all_offsets if want_offsets else None, kwargs)
-        data.update(image_data)
-        data.update(audio_data)
+        data.update(media_data)
         return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))
+
+    def _encode_media(self, batch_ids: list[list[int]], images, audio, sampling_rate):
+        """Match media to placeholders sample by sample, load and encode them.
+
+        Returns the model inputs and, per sample, the token count of each of its images and of each of its clips.
+        """
+        for s, ids in enumerate(batch_ids):
+            if self.image_token_id in ids or self.audio_token_id in ids:
+                raise ValueError(
+                    f"Text {s} contains a raw <|image_pad|> or <|audio_pad|> token. Write one <image> / <audio> "
+                    "placeholder per media item; the processor expands it."
+                )
+        per_sample_images = _split_per_sample(images, [ids.count(self.image_start_token_id) for ids in batch_ids], "image")
+        per_sample_audio = _split_per_sample(audio, [ids.count(self.audio_start_token_id) for ids in batch_ids], "audio")
+        flat_images = [
+            self._load_image(image, f"image {k} of sample {s}")
+            for s, items in enumerate(per_sample_images)
+            for k, image in enumerate(items)
+        ]
+        flat_audio = [
+            self._load_audio(clip, sampling_rate, f"audio {k} of sample {s}")
+            for s, items in enumerate(per_sample_audio)
+            for k, clip in enumerate(items)
+        ]
+        image_data, image_tokens = self._image_inputs(flat_images)
+        audio_data, audio_tokens = self._audio_inputs(flat_audio)
+        return {**image_data, **audio_data}, _regroup(image_tokens, per_sample_images), _regroup(audio_tokens, per_sample_audio)
 
     def _pad(self, all_ids, all_offsets, kwargs) -> dict:
         padding = kwargs.get("padding", False)
@@ -429,6 +434,12 @@ def _split_per_sample(media, markers: list[int], name: str) -> list[list]:
                 f"Pass one {name} per placeholder, in order."
             )
     return nested
+
+
+def _regroup(flat: list, like: list[list]) -> list[list]:
+    """Split `flat` into consecutive groups as long as the groups of `like`."""
+    items = iter(flat)
+    return [[next(items) for _ in group] for group in like]
 
 
 def _drop_none_keys(conversation):

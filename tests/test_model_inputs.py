@@ -150,3 +150,9 @@ def test_padding_to_multiple_and_left_side(tiny):
                     padding_side="left", return_tensors="pt")
     assert out["input_ids"].shape[1] % 8 == 0
     assert out["attention_mask"][1, 0] == 0 and out["attention_mask"][1, -1] == 1
+
+
+def test_raw_pad_tokens_in_text_are_refused(tiny):
+    _, processor = tiny
+    with pytest.raises(ValueError, match="raw <\\|image_pad\\|>"):
+        processor(text="<|image_pad|><|image_pad|> sneaky")
