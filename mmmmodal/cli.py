@@ -10,7 +10,9 @@ import sys
 
 COMMANDS = {
     "build": "mmmmodal.build",
+    "demo": "mmmmodal.demo",
     "chat": "mmmmodal.chat",
+    "serve": "mmmmodal.serve",
     "data": "mmmmodal.data",
 }
 
