@@ -121,9 +121,15 @@ def test_generate_with_cache_equals_full_recompute(tiny):
         text="<image><audio> describe", images=random_image(4), audio=random_audio(4, 1.5), return_tensors="pt"
     )
     kwargs = dict(max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    calls = {"vision": 0, "audio": 0}
+    hooks = [model.model.vision_tower.register_forward_hook(lambda *a: calls.__setitem__("vision", calls["vision"] + 1)),
+             model.model.audio_tower.register_forward_hook(lambda *a: calls.__setitem__("audio", calls["audio"] + 1))]
     with torch.no_grad():
         cached = model.generate(**batch, use_cache=True, **kwargs)
+        assert calls == {"vision": 1, "audio": 1}  # media are encoded on the prefill step only
         uncached = model.generate(**batch, use_cache=False, **kwargs)
+    for hook in hooks:
+        hook.remove()
     assert cached.shape[1] == batch["input_ids"].shape[1] + 12
     assert torch.equal(cached, uncached)
 

@@ -84,6 +84,7 @@ def test_auto_classes_sdpa_device_map_and_stage_kwarg(tiny_checkpoint):
     )
     assert model.config.text_config._attn_implementation == "sdpa"
     assert model.config.training_stage == 1
+    assert {"SiglipEncoderLayer", "WhisperEncoderLayer", "LlamaDecoderLayer"} <= set(model._no_split_modules)
     trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"multi_modal_projector", "audio_projector"}
     assert AutoModel.from_pretrained(tiny_checkpoint, trust_remote_code=True).config.training_stage is None
