@@ -1,0 +1,80 @@
+"""Demo data: the built-in synthetic task (processing/synthetic_task.py) with the demo's generation settings.
+
+Settings chosen for learnability on 2 CPU cores (DESIGN, last paragraph): 32 px images whose 2x2 shape grid
+matches 16 px patches (one shape per patch), fixed-length beeps in 1.5 s clips, short questions, one steady
+question mix (the task's default weights, counting and cross-media questions weighted up).
+
+One wrapping step of ours: every media item is introduced by a short label in the row's language
+("Picture 2:" / "Gambar 2:", "Audio 1:"), as Qwen-VL does, so a question about "picture 2" can find its media by
+content rather than by counting spans.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+from datasets import Dataset
+
+from processing.synthetic_media import COLOURS, NUMBER_WORDS, PITCHES, SHAPES
+from processing.synthetic_questions import MORE, QUESTION_TYPES, YES_NO
+from processing.synthetic_task import TaskConfig, write_synthetic
+
+logger = logging.getLogger(__name__)
+
+LABELS = {"en": {"image": "Picture {n}:", "audio": "Audio {n}:"}, "ms": {"image": "Gambar {n}:", "audio": "Audio {n}:"}}
+
+
+def task_config() -> TaskConfig:
+    """The task settings the demo trains and evaluates on."""
+    return TaskConfig(image_size=32, clip_seconds=1.5)
+
+
+def tokenizer_corpus(cfg: TaskConfig) -> list[str]:
+    """Every word the task can write, so the locally trained tokenizer has them (mostly) as single tokens."""
+    lines = []
+    for qtype in QUESTION_TYPES.values():
+        for language, template in qtype.templates.items():
+            lines += [template.format(a=a, b=b) for a in range(1, 4) for b in range(1, 4)]
+            lines.append(" ".join(qtype.space(language)))
+    for language in cfg.languages:
+        lines += [LABELS[language][kind].format(n=n) for kind in ("image", "audio") for n in range(1, 4)]
+        lines += [" ".join(YES_NO[language]), " ".join(MORE[language]), " ".join(NUMBER_WORDS[language].values())]
+    lines += [" ".join(COLOURS), " ".join(v[1] for v in COLOURS.values()), " ".join(SHAPES), " ".join(SHAPES.values())]
+    lines += [" ".join(PITCHES), " ".join(v[1] for v in PITCHES.values()), "bip beep beeps circles squares"]
+    return lines * 4  # repetition only raises merge counts; the content is the same
+
+
+def label_media(row: dict) -> dict:
+    """Put "Picture k:" / "Audio k:" (in the row's language) before every media part of the row's messages."""
+    labels, counters, messages = LABELS[row.get("language", "en")], {"image": 0, "audio": 0}, []
+    for message in row["messages"]:
+        content = message["content"]
+        if isinstance(content, list):
+            new = []
+            for part in content:
+                if part.get("type") in counters:
+                    counters[part["type"]] += 1
+                    new.append({"type": "text", "text": labels[part["type"]].format(n=counters[part["type"]])})
+                new.append(part)
+            content = new
+        messages.append({**message, "content": content})
+    return {**row, "messages": messages}
+
+
+def read_rows(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [label_media(json.loads(line)) for line in f if line.strip()]
+
+
+def make_data(out_dir, n_train: int, n_test: int, n_alignment: int, seed: int) -> dict:
+    """Write the task under `out_dir`; return {"train", "test", "alignment"}: lists of labelled rows."""
+    written = write_synthetic(Path(out_dir), n_train, n_test, seed=seed, cfg=task_config(), n_alignment=n_alignment)
+    return {split: read_rows(path) for split, path in written.items()}
+
+
+def to_dataset(rows: list[dict]) -> Dataset:
+    """Rows in TRL's vision form (`messages` + `images`), the only columns the training collator needs."""
+    return Dataset.from_list([{"messages": r["messages"], "images": r["images"]} for r in rows])
+
+
+__all__ = ["task_config", "tokenizer_corpus", "label_media", "read_rows", "make_data", "to_dataset", "LABELS"]

@@ -1,0 +1,142 @@
+"""Demo report: `report.json`, `report.md` and `report.png` (loss curves, accuracy per question type vs chance)."""
+
+import json
+from pathlib import Path
+
+GOALS = {"single_media": 0.9, "cross_media": 0.8}
+
+
+def plot(path, stage0_loss, stage_losses: dict, result: dict):
+    """Three panels: stage-0 loss, stage-1/2 loss, held-out accuracy per question type against chance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [1, 1.2, 2.2]})
+    ax = axes[0]
+    if stage0_loss:
+        steps, image_loss, audio_loss = zip(*stage0_loss)
+        ax.plot(steps, image_loss, label="vision tower", color="tab:blue")
+        ax.plot(steps, audio_loss, label="audio tower", color="tab:orange")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no steps (pretrained towers given, or no time)", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="Stage 0: tower pretraining\n(stand-in for pretrained SigLIP / Whisper)", xlabel="step",
+           ylabel="attribute classification loss")
+
+    ax, offset = axes[1], 0
+    for (stage, points), colour in zip(stage_losses.items(), ("tab:green", "tab:red")):
+        if points:
+            steps, losses = zip(*points)
+            ax.plot([offset + s for s in steps], losses, label=stage, color=colour, marker=".")
+            offset += steps[-1]
+    ax.set(title="Stage 1 (projectors) and stage 2 (projectors + LLM)\nTRL SFTTrainer, answer-token loss",
+           xlabel="optimizer step (stage 2 continues after stage 1)", ylabel="training loss", yscale="log")
+    ax.legend()
+
+    ax = axes[2]
+    types = list(result["per_type"])
+    names = types + ["single_media", "cross_media"]
+    accuracy = [result["per_type"][t]["accuracy"] for t in types] + [result[g]["accuracy"] for g in GOALS]
+    chance = [result["per_type"][t]["chance"] for t in types] + [result[g]["chance"] for g in GOALS]
+    colours = ["tab:purple" if _is_cross(t, result) else "tab:cyan" for t in types] + ["tab:cyan", "tab:purple"]
+    x = range(len(names))
+    ax.bar(x, accuracy, color=colours, edgecolor=["none"] * len(types) + ["black", "black"], linewidth=1.5)
+    ax.scatter(x, chance, marker="_", s=400, color="black", zorder=3, label="chance (uniform guess)")
+    for g, goal in GOALS.items():
+        i = names.index(g)
+        ax.plot([i - 0.45, i + 0.45], [goal, goal], color="darkred", linestyle="--", zorder=4)
+    ax.plot([], [], color="darkred", linestyle="--", label="goal (0.9 single, 0.8 cross)")
+    for i, value in enumerate(accuracy):
+        ax.text(i, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.fill_between([], [], color="tab:cyan", label="single-media question")
+    ax.fill_between([], [], color="tab:purple", label="cross-media question")
+    ax.set_xticks(list(x), names, rotation=40, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.1), ylabel="exact-match accuracy", title="Held-out accuracy per question type")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _is_cross(qtype, result) -> bool:
+    from processing.synthetic_questions import QUESTION_TYPES
+
+    return QUESTION_TYPES[qtype].cross
+
+
+def report_json(result: dict, minutes: float, extra: dict) -> dict:
+    return {
+        "accuracy": {t: r["accuracy"] for t, r in result["per_type"].items()},
+        "chance": {t: r["chance"] for t, r in result["per_type"].items()},
+        "n": {t: r["n"] for t, r in result["per_type"].items()},
+        "single_media": result["single_media"]["accuracy"],
+        "cross_media": result["cross_media"]["accuracy"],
+        "overall": result["overall"]["accuracy"],
+        "chance_single_media": result["single_media"]["chance"],
+        "chance_cross_media": result["cross_media"]["chance"],
+        "goal": GOALS,
+        "goal_met": {g: result[g]["accuracy"] >= v for g, v in GOALS.items()},
+        "minutes": minutes,
+        **extra,
+    }
+
+
+def markdown(report: dict, result: dict, transcript: list, png_name: str) -> str:
+    met = report["goal_met"]
+    lines = [
+        "# MMMModal demo report",
+        "",
+        f"Held-out accuracy: **single-media {report['single_media']:.3f}** (goal 0.9, "
+        f"{'met' if met['single_media'] else 'not met'}; chance {report['chance_single_media']:.3f}), "
+        f"**cross-media {report['cross_media']:.3f}** (goal 0.8, {'met' if met['cross_media'] else 'not met'}; "
+        f"chance {report['chance_cross_media']:.3f}), overall {report['overall']:.3f}.",
+        f"Wall time: **{report['minutes']:.2f} minutes** on {report['threads']} CPU threads "
+        f"(load average {report['load_average'][0]:.1f} at start, {report['load_average'][1]:.1f} at the end).",
+        "",
+        f"![loss curves and accuracy]({png_name})",
+        "",
+        "## Recipe",
+        "",
+        f"- Model: {report['model']['description']}; {report['model']['parameters']:,} parameters.",
+        f"- Stage 0 (stand-in for the pretrained SigLIP / Whisper of the paper, not part of the paper's recipe): "
+        f"{report['stage0']['summary']}",
+        f"- Stage 1 (TRL SFTTrainer, `set_training_stage(1)`: projectors only, captions): {report['stage1']['summary']}",
+        f"- Stage 2 (TRL SFTTrainer, `set_training_stage(2)`: projectors + LLM, multi-turn chats): "
+        f"{report['stage2']['summary']}",
+        f"- Data: {report['data']['summary']}",
+        f"- Scoring: {report['scoring']}",
+        "",
+        "## Held-out accuracy per question type",
+        "",
+        "| question type | kind | n | accuracy | chance | majority answer |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for qtype, r in result["per_type"].items():
+        kind = "cross" if _is_cross(qtype, result) else "single"
+        lines.append(f"| {qtype} | {kind} | {r['n']} | {r['accuracy']:.3f} | {r['chance']:.3f} | {r['majority']:.3f} |")
+    for group in ("single_media", "cross_media", "overall"):
+        r = result[group]
+        lines.append(f"| **{group}** | | {r['n']} | **{r['accuracy']:.3f}** | {r['chance']:.3f} | |")
+    lines += ["", "## One conversation with two images and two audio clips (reloaded checkpoint, `generate`)", "",
+              f"Checkpoint: `{report['checkpoint']}`, reloaded with `trust_remote_code=True` "
+              f"(max |logit difference| vs the in-memory model: {report['reload_max_abs_diff']:.2e}).", ""]
+    for i, turn in enumerate(transcript, 1):
+        mark = "right" if turn["answer"].strip().lower() == turn["expected"].strip().lower() else "wrong"
+        lines.append(f"{i}. **User:** {turn['question']}  \n   **Model:** {turn['answer']} "
+                     f"(expected: {turn['expected']}; {mark})")
+    lines += ["", "## Timing (seconds)", "", "| phase | seconds |", "|---|---:|"]
+    lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in report["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir, result: dict, report: dict, transcript: list, stage0_loss, stage_losses) -> dict:
+    out = Path(out_dir)
+    plot(out / "report.png", stage0_loss, stage_losses, result)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(markdown(report, result, transcript, "report.png"))
+    return {"json": str(out / "report.json"), "markdown": str(out / "report.md"), "png": str(out / "report.png")}
+
+
+__all__ = ["write_report", "report_json", "plot", "markdown", "GOALS"]
