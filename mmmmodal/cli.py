@@ -13,6 +13,7 @@ COMMANDS = {
     "demo": "mmmmodal.demo",
     "chat": "mmmmodal.chat",
     "serve": "mmmmodal.serve",
+    "publish": "mmmmodal.publish",
     "data": "mmmmodal.data",
 }
 
