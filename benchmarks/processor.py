@@ -1,0 +1,113 @@
+"""Benchmark 4: processor and collator throughput (samples/s) on mixed rows, and their peak memory.
+
+Rows mix 1-3 media each (an image with probability 0.6, else a 1-5 s clip), as the paper's combined data does.
+- `collator`: `processing.collate.MMMModalDataCollator` (TRL's vision collator + row checks + span masking) on
+  rows in TRL's vision form, batches of 8: chat template, media loading from disk, features, labels.
+- `processor`: `MMMModalProcessor.__call__` alone on the same batches, media already decoded: tokenization,
+  span expansion and feature extraction.
+- `tokenizer`: the tokenizer alone on the same texts: the floor under the processor's text side (its span
+  expansion and padding add to it).
+Peak memory is Python-tracked allocations (tracemalloc: numpy buffers included, torch tensors not), over the
+first 25 batches (a second pass: tracing slows what it traces).
+"""
+
+import random
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from PIL import Image
+
+from .common import Row, Size, build_processor, now
+
+SIZE = Size("proc", hidden=32, layers=2, heads=2, image_size=64, patch_size=8, audio_window_s=30)
+BATCH = 8
+
+
+def make_rows(folder: Path, n_rows: int, seed: int = 0) -> list[dict]:
+    rng, pick = np.random.default_rng(seed), random.Random(seed)
+    images, clips = [], []
+    for i in range(16):
+        path = folder / f"image{i}.png"
+        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(path)
+        images.append(str(path))
+        path = folder / f"clip{i}.wav"
+        soundfile.write(path, (rng.standard_normal(16000 * (1 + i % 5)) * 0.1).astype(np.float32), 16000)
+        clips.append(str(path))
+    rows = []
+    for r in range(n_rows):
+        parts, row_images = [], []
+        for _ in range(pick.randint(1, 3)):
+            if pick.random() < 0.6:
+                parts.append({"type": "image"})
+                row_images.append(pick.choice(images))
+            else:
+                parts.append({"type": "audio", "path": pick.choice(clips)})
+        parts.append({"type": "text", "text": f"What is related between the media of row {r}?"})
+        rows.append({"messages": [
+            {"role": "user", "content": parts},
+            {"role": "assistant", "content": [{"type": "text", "text": "Both show the number two."}]},
+        ], "images": row_images})
+    return rows
+
+
+def processor_batches(rows: list[dict], processor) -> list[dict]:
+    """The same rows as plain processor calls: text with placeholders, decoded images and waveforms."""
+    batches = []
+    for start in range(0, len(rows), BATCH):
+        texts, images, audio = [], [], []
+        for row in rows[start : start + BATCH]:
+            texts.append(processor.apply_chat_template(row["messages"], tokenize=False))
+            images += [Image.open(p).convert("RGB") for p in row["images"]]
+            audio += [soundfile.read(p["path"], dtype="float32")[0]
+                      for m in row["messages"] for p in m["content"] if p["type"] == "audio"]
+        batches.append({"text": texts, "images": images or None, "audio": audio or None})
+    return batches
+
+
+def measure(fn, items, memory_items: int = 25) -> tuple[float, float]:
+    """(seconds over every item, peak MiB over the first `memory_items`): tracemalloc slows what it traces."""
+    start = now()
+    for item in items:
+        fn(item)
+    seconds = now() - start
+    tracemalloc.start()
+    for item in items[:memory_items]:
+        fn(item)
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return seconds, peak
+
+
+def run(n_rows: int = 1000) -> list[Row]:
+    processor = build_processor(SIZE)
+    rows_out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = make_rows(Path(tmp), n_rows)
+        batches = processor_batches(rows, processor)
+        contenders = {
+            "processor": (lambda b: processor(**b, padding=True, return_tensors="pt"), batches),
+            "tokenizer": (lambda b: processor.tokenizer(b["text"], padding=True, return_tensors="pt"), batches),
+        }
+        try:
+            from processing.collate import MMMModalDataCollator
+
+            collator = MMMModalDataCollator(processor)
+            chunks = [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+            contenders = {"collator": (collator, chunks), **contenders}
+        except ImportError:  # the training side is not there: benchmark the processor alone
+            pass
+        for fn, items in contenders.values():  # warm-up
+            fn(items[0])
+        for name, (fn, items) in contenders.items():
+            seconds, peak = measure(fn, items)
+            samples = n_rows
+            rows_out.append(Row("processor", f"{name}, {n_rows} mixed rows, batch {BATCH}",
+                                f"{samples / seconds:,.0f} samples/s; peak {peak:.0f} MiB"))
+    return rows_out
+
+
+def main(quick: bool = False, repeats: int | None = None) -> list[Row]:
+    return run(n_rows=200 if quick else 1000)

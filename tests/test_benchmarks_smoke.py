@@ -1,0 +1,49 @@
+"""Smoke run of the benchmark code paths at tiny sizes: no timing assertions, only what must hold at any speed."""
+
+import torch
+
+from benchmarks import audio, generation, merge, processor
+from benchmarks.common import SIZES, Row, format_table
+
+
+def test_llava_and_naive_logits_match_ours():
+    parity = merge.logits_parity(SIZES["tiny"], batch=2, media=3)
+    assert parity["llava"] < 1e-5 and parity["naive"] < 1e-5, parity
+
+
+def test_merge_rows_report_every_contender():
+    rows = merge.run([SIZES["tiny"]], batch=2, media_counts=(2,), repeats=1)
+    speeds = next(r.extra["tokens_per_s"] for r in rows if "tokens_per_s" in r.extra)
+    assert set(speeds) == {"mmmmodal", "llava", "naive", "mmmmodal+audio"}
+    assert all(v > 0 for v in speeds.values())
+
+
+def test_audio_tokens_are_proportional_to_duration():
+    proc = audio.build_processor(audio.Size("a", hidden=32, layers=1, heads=2))
+    tokens = {s: audio.count_tokens(proc, s) for s in (5, 30, 90)}
+    assert tokens[30] == audio.FIXED_TOKENS_PER_WINDOW
+    assert tokens[5] <= tokens[30] / 5
+    assert tokens[90] == 3 * tokens[30]
+
+
+def test_audio_rows_run():
+    rows = audio.run(audio.Size("a", hidden=32, layers=1, heads=2, audio_layers=1), durations=(5, 30), repeats=1)
+    assert rows[-1].case.startswith("tokens(5 s)") and rows[-1].met
+
+
+def test_chat_turn_encodes_only_new_media_and_cache_matches_length():
+    rows = generation.run(generation.Size("g", hidden=32, layers=1, heads=2, audio_window_s=3), new_tokens=6,
+                          turns=2, answer_tokens=3)
+    encoded = next(r for r in rows if "media encoded" in r.case)
+    assert encoded.met, encoded.value
+
+
+def test_processor_rows_run(monkeypatch):
+    monkeypatch.setattr(processor, "SIZE", processor.Size("p", hidden=32, layers=1, heads=2, audio_window_s=3))
+    rows = processor.run(n_rows=16)
+    assert {r.case.split(",")[0] for r in rows} >= {"processor", "tokenizer"}
+
+
+def test_table_formats():
+    table = format_table([Row("b", "c", "v", 1.234, ">= 1", True), Row("b", "d", "w")])
+    assert "1.23" in table and "yes" in table and table.count("\n") == 3
