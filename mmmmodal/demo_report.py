@@ -92,8 +92,10 @@ def markdown(report: dict, result: dict, transcript: list, png_name: str) -> str
         f"{'met' if met['single_media'] else 'not met'}; chance {report['chance_single_media']:.3f}), "
         f"**cross-media {report['cross_media']:.3f}** (goal 0.8, {'met' if met['cross_media'] else 'not met'}; "
         f"chance {report['chance_cross_media']:.3f}), overall {report['overall']:.3f}.",
-        f"Wall time: **{report['minutes']:.2f} minutes** on {report['threads']} CPU threads "
-        f"(load average {report['load_average'][0]:.1f} at start, {report['load_average'][1]:.1f} at the end).",
+        f"Wall time: **{report['minutes']:.2f} minutes** for the whole command, with {report['threads']} torch "
+        f"thread(s) training and {report['settings']['workers']} data-collation worker process(es), on a machine "
+        f"with {report['cpus']} CPU cores (1-minute load average {report['load_average'][0]:.1f} at the start, "
+        f"{report['load_average'][1]:.1f} at the end: other work on the machine slows every phase).",
         "",
         f"![loss curves and accuracy]({png_name})",
         "",
