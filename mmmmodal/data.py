@@ -71,7 +71,7 @@ def _add_generator_args(p):
     g.add_argument("--max-workers", type=int, default=8, help="concurrent requests to the endpoint")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     g.add_argument("--max-retries", type=int, default=3, help="retries per request (exponential backoff)")
-    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--max-new-tokens", type=int, default=512, help="cap per reply (and per translation)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (local LLM: 0 = greedy)")
     g.add_argument("--batch-size", type=int, default=4, help="local LLM generation batch size")
     t = p.add_argument_group("Malay translation (content_ms); none given -> no translation")
@@ -102,7 +102,8 @@ def _translator(args, generator):
     from processing.translate import Seq2SeqTranslator
 
     if args.translator:
-        return Seq2SeqTranslator(args.translator, args.translator_prefix, args.translator_target_lang)
+        return Seq2SeqTranslator(args.translator, args.translator_prefix, args.translator_target_lang,
+                                 max_new_tokens=args.max_new_tokens)
     if args.translate_with_llm:
         return LLMTranslator(generator)
     logger.warning("No --translator or --translate-with-llm: rows get no content_ms.")

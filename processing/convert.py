@@ -25,7 +25,6 @@ from .markers import count_markers, marker, media_kind, split_markers, MARKER
 logger = logging.getLogger(__name__)
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant",
          "model": "assistant", "system": "system"}
-PART_KEYS = ("type", "text", "path")
 
 
 def load_records(path) -> list:
@@ -122,11 +121,9 @@ def convert_records(records, languages=("en",), media_root=None, check_files: bo
 
 
 def to_dataset(rows: list):
-    """A `datasets.Dataset`; every content part gets the keys type/text/path (None when absent),
-    as `datasets.load_dataset("json")` would give them."""
+    """A `datasets.Dataset` of training rows. Arrow gives every content part the union of the part
+    keys (type/text/path), absent ones as None; the collators ignore them (CONTRACTS.md).
+    `datasets.load_dataset("json")` on the written rows keeps the parts as they are instead."""
     import datasets
 
-    def fill(message):
-        return {"role": message["role"], "content": [{k: p.get(k) for k in PART_KEYS} for p in message["content"]]}
-
-    return datasets.Dataset.from_list([{**row, "messages": [fill(m) for m in row["messages"]]} for row in rows])
+    return datasets.Dataset.from_list(rows)

@@ -122,3 +122,22 @@ def test_pipeline_outputs_combine_and_convert(env, audio_chat, visual_chat):
     dataset = to_dataset(rows)
     assert dataset.num_rows == len(rows) and set(dataset.column_names) == {"id", "messages", "images"}
     json.dumps(dataset[0])
+
+
+def test_cli_audio_instructions_then_relationship(env, tmp_path):
+    from mmmmodal.cli import main
+
+    out = tmp_path / "chat.jsonl"
+    common = ["--llm", env["llm"], "--max-new-tokens", "4", "--temperature", "0", "--translator", env["mt"]]
+    argv = ["data", "audio-instructions", "--audio", str(env["root"] / "clips"), "--asr", env["asr"], "--turns", "1",
+            "--min-score=-1e9", "--max-compression-ratio", "1e9", "--out", str(out)] + common
+    assert main(argv) == 0
+    asr_rows, rows = read_jsonl(tmp_path / "chat.asr.jsonl"), read_jsonl(out)
+    assert len(asr_rows) == len(rows) == 3 and all(r["keep"] for r in asr_rows)
+    assert all(r["conversations"][0]["content_ms"].startswith("<audio>") for r in rows)
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"filename": [str(p)], "caption": "x"}) + "\n" for p in env["images"]))
+    rel = tmp_path / "rel.jsonl"
+    assert main(["data", "relationship", "--images", str(captions), "--audios", str(tmp_path / "chat.asr.jsonl"),
+                 "--kinds", "audio-image", "--pairs-per-kind", "2", "--out", str(rel)] + common) == 0
+    assert [r["kind"] for r in read_jsonl(rel)] == ["audio-image"] * 2
