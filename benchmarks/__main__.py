@@ -3,7 +3,6 @@
     python -m benchmarks                 # everything, a few minutes on 2 CPU cores
     python -m benchmarks --quick         # smaller sizes and fewer repeats (tens of seconds)
     python -m benchmarks --only merge audio --json out.json
-    python -m benchmarks --device cuda --dtype bfloat16 --attn sdpa   # on a GPU
 """
 
 import argparse
