@@ -227,7 +227,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         return mask.unsqueeze(-1).to(inputs_embeds.device)
 
     def _dummy_outputs(self, modality: str) -> BaseModelOutputWithPooling:
-        """Run one all-zero input through a tower and its projector (training only, see `_anchor_unused`)."""
+        """Run one all-zero input through a tower and its projector (training only, see `_merge_media`)."""
         if modality == "image":
             size = self.config.vision_config.image_size
             pixel_values = torch.zeros(1, self.config.vision_config.num_channels, size, size, device=self.device)
@@ -236,31 +236,31 @@ class MMMModalModel(MMMModalPreTrainedModel):
         features = torch.zeros(1, audio_config.num_mel_bins, 2 * audio_config.max_source_positions, device=self.device)
         return self.get_audio_features(features)
 
-    def _anchor_unused(self, inputs_embeds, image_outputs, audio_outputs):
-        """Give every trainable tower and projector parameter a gradient on every step (training only).
+    def _trains(self, modality: str) -> bool:
+        tower, projector = (
+            (self.vision_tower, self.multi_modal_projector) if modality == "image" else (self.audio_tower, self.audio_projector)
+        )
+        return tower is not None and any(p.requires_grad for m in (tower, projector) for p in m.parameters())
 
-        Under DDP and ZeRO-2/3, a rank whose batch has no audio (or no image) would leave that side's parameters
-        without gradients and the ranks' collectives would disagree (the paper's §6.2 hazard). A zero-weighted term
-        through the missing modality (and through the tower's top layer, which `*_feature_layer=-2` skips) keeps
-        the graphs identical across ranks. Costs nothing at inference: it only runs when gradients are recorded.
+    def _merge_media(self, input_ids, inputs_embeds, modality: str, outputs, given: bool):
+        """Write one modality's projected features over its pad tokens; returns (inputs_embeds, features).
+
+        `given=False` is the training-only pass through a modality the batch lacks (paper §6.2): under DDP and
+        ZeRO-2/3 every rank must give every trainable parameter a gradient, and give them in the same order, or
+        the ranks' gradient buckets disagree (a hang, a size error, or silently mixed-up gradients). So a missing
+        modality runs the same ops as a present one (tower, projector, `masked_scatter`) with an all-false mask:
+        its gradients are exact zeros. The same holds for a trainable tower's top layer, which
+        `*_feature_layer=-2` skips. None of this runs at inference.
         """
-        anchor = None
-        for modality, outputs, tower, projector in (
-            ("image", image_outputs, self.vision_tower, self.multi_modal_projector),
-            ("audio", audio_outputs, self.audio_tower, self.audio_projector),
-        ):
-            if tower is None or not any(p.requires_grad for m in (tower, projector) for p in m.parameters()):
-                continue
-            if outputs is None:
-                outputs = self._dummy_outputs(modality)
-                term = outputs.last_hidden_state.sum() + sum(f.sum() for f in outputs.pooler_output)
-            elif outputs.last_hidden_state.requires_grad:
-                # Features that were given already reach the loss; only a trainable tower's top layer needs anchoring.
-                term = outputs.last_hidden_state.sum()
-            else:
-                continue
-            anchor = term * 0.0 if anchor is None else anchor + term * 0.0
-        return inputs_embeds if anchor is None else inputs_embeds + anchor.to(inputs_embeds.dtype)
+        features = torch.cat(outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
+        if given:
+            token_id = self.config.image_token_id if modality == "image" else self.config.audio_token_id
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id, features, modality)
+        else:
+            mask = torch.zeros(*inputs_embeds.shape[:-1], 1, dtype=torch.bool, device=inputs_embeds.device)
+        if self.training and outputs.last_hidden_state.requires_grad:
+            features = features + 0.0 * outputs.last_hidden_state.sum().to(features.dtype)
+        return inputs_embeds.masked_scatter(mask, features), (features if given else None)
 
     def forward(
         self,
@@ -287,19 +287,16 @@ class MMMModalModel(MMMModalPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_outputs = audio_outputs = image_features = audio_features = None
-        if pixel_values is not None:
-            image_outputs = self.get_image_features(pixel_values)
-            image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id, image_features, "image")
-            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
-        if input_features is not None:
-            audio_outputs = self.get_audio_features(input_features, input_features_mask)
-            audio_features = torch.cat(audio_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.audio_token_id, audio_features, "audio")
-            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
-        if self.training and torch.is_grad_enabled():
-            inputs_embeds = self._anchor_unused(inputs_embeds, image_outputs, audio_outputs)
+        image_features = audio_features = None
+        anchor = self.training and torch.is_grad_enabled()  # see `_merge_media`
+        if pixel_values is not None or (anchor and self._trains("image")):
+            given = pixel_values is not None
+            outputs = self.get_image_features(pixel_values) if given else self._dummy_outputs("image")
+            inputs_embeds, image_features = self._merge_media(input_ids, inputs_embeds, "image", outputs, given)
+        if input_features is not None or (anchor and self._trains("audio")):
+            given = input_features is not None
+            outputs = self.get_audio_features(input_features, input_features_mask) if given else self._dummy_outputs("audio")
+            inputs_embeds, audio_features = self._merge_media(input_ids, inputs_embeds, "audio", outputs, given)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
