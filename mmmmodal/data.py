@@ -128,7 +128,7 @@ def run_audio_instructions(args) -> int:
         if not (args.audio and args.asr):
             raise ValueError("audio-instructions: expected --transcripts, or --audio with --asr; found neither.")
         transcripts = args.asr_out or str(Path(args.out).with_suffix("")) + ".asr.jsonl"
-        pseudo_label(_audio_files(args.audio), transcripts, PseudoLabeller(args.asr, args.asr_batch_size),
+        pseudo_label(_audio_files(args.audio), transcripts, PseudoLabeller(args.asr, args.asr_batch_size, language=args.asr_language),
                      args.min_score, args.max_compression_ratio, args.chunk_size)
     generator = _generator(args)
     return _dump(audio_instructions(_read([transcripts]), args.out, generator, args.turns,
@@ -199,6 +199,8 @@ def _register_generation(sub, fmt):
     p.add_argument("--audio", nargs="+", help="audio files or folders (searched recursively)")
     p.add_argument("--asr", help="ASR checkpoint (Whisper hub id or local folder)")
     p.add_argument("--asr-batch-size", type=int, default=8)
+    p.add_argument("--asr-language", help="Whisper language code (e.g. ms, en) for transcription and scoring; "
+                                          "default: detected (then the score is taken without a language token)")
     p.add_argument("--asr-out", help="ASR rows JSONL (default: OUT with .asr.jsonl)")
     p.add_argument("--transcripts", help="existing ASR rows JSONL; skips transcription")
     p.add_argument("--min-score", type=float, default=-0.5, help="min mean token log-prob of a transcript")

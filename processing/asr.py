@@ -28,13 +28,21 @@ def compression_ratio(text: str) -> float:
 
 
 class PseudoLabeller:
-    def __init__(self, model: str, batch_size: int = 8, device: str | None = None, generate_kwargs: dict | None = None):
+    """`language` (e.g. "ms", "en") fixes Whisper's language token for transcription and scoring alike;
+    without it Whisper detects the language while the score is taken without a language token (an
+    approximation: pass the language when it is known)."""
+
+    def __init__(self, model: str, batch_size: int = 8, device: str | None = None, language: str | None = None,
+                 generate_kwargs: dict | None = None):
         import torch
         from transformers import pipeline
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.pipe = pipeline("automatic-speech-recognition", model=model, device=device)
-        self.batch_size, self.generate_kwargs = batch_size, generate_kwargs or {}
+        self.batch_size, self.generate_kwargs = batch_size, dict(generate_kwargs or {})
+        if language:
+            self.generate_kwargs.update(language=language, task="transcribe")
+            self.pipe.tokenizer.set_prefix_tokens(language=language, task="transcribe")
         self.sampling_rate = self.pipe.feature_extractor.sampling_rate
 
     def transcribe(self, audios: list) -> list:

@@ -24,8 +24,15 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 CHAT_SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
-WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|ms|>", "<|transcribe|>",
-                    "<|translate|>", "<|notimestamps|>", "<|startofprev|>", "<|nocaptions|>"]
+
+
+def whisper_specials() -> list:
+    """Whisper's special tokens in Whisper's order (its tokenizer derives language ids from it)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{code}|>" for code in LANGUAGES]
+            + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
+               "<|notimestamps|>"])
 
 
 def train_bpe(specials, vocab_size=300):
@@ -98,9 +105,10 @@ def whisper_tokenizer():
     # As in Whisper, the special tokens come after the text tokens: its ASR decoding treats every
     # id above <|notimestamps|> as a timestamp.
     vocab = dict(bpe["vocab"])
-    vocab.update({t: len(vocab) + k for k, t in enumerate(WHISPER_SPECIALS)})
+    specials = whisper_specials()
+    vocab.update({t: len(vocab) + k for k, t in enumerate(specials)})
     tok = WhisperTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": WHISPER_SPECIALS[1:]})
+    tok.add_special_tokens({"additional_special_tokens": specials[1:]})
     return tok
 
 
@@ -108,9 +116,10 @@ def save_tiny_whisper(path: Path) -> Path:
     """WhisperForConditionalGeneration, d_model 32, 2+2 layers, 16 mel bins, with its processor."""
     from transformers import (WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
                               WhisperProcessor)
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
     tok = whisper_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    ids = {t: tok.convert_tokens_to_ids(t) for t in whisper_specials()}
     config = WhisperConfig(vocab_size=len(tok), num_mel_bins=16, d_model=32, encoder_layers=2, decoder_layers=2,
                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                            decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=64,
@@ -125,6 +134,12 @@ def save_tiny_whisper(path: Path) -> Path:
     model.generation_config.max_length = 24
     model.generation_config.suppress_tokens = [i for i in range(len(tok)) if i not in words | {ids["<|endoftext|>"]}]
     model.generation_config.begin_suppress_tokens = [ids["<|endoftext|>"]]
+    # Multilingual fields, so `generate(language=..., task=...)` works as with real Whisper.
+    model.generation_config.is_multilingual = True
+    model.generation_config.lang_to_id = {f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGES}
+    model.generation_config.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
+    model.generation_config.no_timestamps_token_id = ids["<|notimestamps|>"]
+    model.generation_config._from_model_config = False  # else loading rebuilds it from the model config
     model.save_pretrained(path)
     WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=16), tokenizer=tok).save_pretrained(path)
     return Path(path)

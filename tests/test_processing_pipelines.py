@@ -29,8 +29,10 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def asr_rows(env):
     out = env["root"] / "asr.jsonl"
-    stats = pseudo_label(env["clips"], out, PseudoLabeller(env["asr"], batch_size=2))
+    labeller = PseudoLabeller(env["asr"], batch_size=2, language="ms")
+    stats = pseudo_label(env["clips"], out, labeller)
     assert stats == {"total": 3, "skipped_done": 0, "written": 3}
+    env["labeller"] = labeller
     return read_jsonl(out)
 
 
@@ -48,6 +50,17 @@ def test_asr_rows_and_score(env, asr_rows):
         assert row["filename"] == [str(clip)] and row["transcript"]
         assert row["score"] <= 0.0 and row["compression_ratio"] == compression_ratio(row["transcript"])
         assert row["duration_s"] == pytest.approx(1.0)
+    # Transcription and score use the same prompt (<|ms|><|transcribe|>); greedy output scores
+    # higher than another text under the same model and audio.
+    labeller = env["labeller"]
+    prefix = labeller.pipe.tokenizer.convert_ids_to_tokens(labeller.pipe.tokenizer.prefix_tokens)
+    assert prefix == ["<|startoftranscript|>", "<|ms|>", "<|transcribe|>", "<|notimestamps|>"]
+    from transformers.audio_utils import load_audio
+
+    audio = load_audio(str(env["clips"][0]), sampling_rate=16000)
+    row = next(r for r in asr_rows if r["filename"] == [str(env["clips"][0])])
+    assert labeller.score(audio, row["transcript"]) == pytest.approx(row["score"], abs=1e-4)
+    assert row["score"] > labeller.score(audio, "Apakah kaitan antara gambar 1 dan gambar 2?")
     # The untrained tiny Whisper loops ("re re re ..."): the repetition filter rejects it.
     assert not any(keep_transcript(r) for r in asr_rows)
     assert all(keep_transcript(r, min_score=-1e9, max_compression_ratio=1e9) for r in asr_rows)
@@ -130,6 +143,7 @@ def test_cli_audio_instructions_then_relationship(env, tmp_path):
     out = tmp_path / "chat.jsonl"
     common = ["--llm", env["llm"], "--max-new-tokens", "4", "--temperature", "0", "--translator", env["mt"]]
     argv = ["data", "audio-instructions", "--audio", str(env["root"] / "clips"), "--asr", env["asr"], "--turns", "1",
+            "--asr-language", "en",
             "--min-score=-1e9", "--max-compression-ratio", "1e9", "--out", str(out)] + common
     assert main(argv) == 0
     asr_rows, rows = read_jsonl(tmp_path / "chat.asr.jsonl"), read_jsonl(out)
