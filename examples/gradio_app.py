@@ -1,0 +1,90 @@
+# /// script
+# dependencies = ["mmmmodal[ui]"]
+# ///
+"""Web demo: chat with an MMMModal checkpoint over several images and audio clips, across several turns.
+
+    pip install -e ".[ui]"
+    python examples/gradio_app.py ./my-checkpoint --port 7860
+
+Attach any number of images and audio files with the paper clip of the message box, type a question, press Enter.
+Each browser session keeps its own `ChatSession`, so earlier media stay in the KV cache and are not encoded again.
+"""
+
+import argparse
+import mimetypes
+import os
+
+import gradio as gr
+
+from mmmmodal.chat import ChatSession
+from mmmmodal.loading import load_checkpoint
+
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".opus", ".webm")
+
+
+def media_kind(path: str) -> str:
+    """`"image"` or `"audio"` for an uploaded file, from its type (or suffix)."""
+    guessed = mimetypes.guess_type(path)[0] or ""
+    if guessed.startswith("audio/") or path.lower().endswith(AUDIO_SUFFIXES):
+        return "audio"
+    return "image"
+
+
+def build_demo(model, processor, max_new_tokens: int = 128) -> gr.Blocks:
+    def respond(message: dict, history: list, session: ChatSession | None):
+        session = session or ChatSession(model, processor, max_new_tokens=max_new_tokens)
+        files, text = message.get("files") or [], (message.get("text") or "").strip()
+        try:
+            for path in files:
+                session.attach(media_kind(path), path)
+        except ValueError as error:
+            session.pending = []
+            history = history + [{"role": "user", "content": text or "(no text)"},
+                                 {"role": "assistant", "content": f"⚠️ {error}"}]
+            yield history, gr.MultimodalTextbox(value=None), session
+            return
+        history = history + [{"role": "user", "content": {"path": path}} for path in files]
+        history = history + [{"role": "user", "content": text or "(no text)"}, {"role": "assistant", "content": ""}]
+        yield history, gr.MultimodalTextbox(value=None, interactive=False), session
+        try:
+            for piece in session.stream(text):
+                history[-1]["content"] += piece
+                yield history, gr.MultimodalTextbox(interactive=False), session
+        except ValueError as error:
+            history[-1]["content"] = f"⚠️ {error}"
+        yield history, gr.MultimodalTextbox(value=None, interactive=True), session
+
+    def reset(session: ChatSession | None):
+        if session is not None:
+            session.reset()
+        return [], session
+
+    with gr.Blocks(title="MMMModal") as demo:
+        gr.Markdown("## MMMModal: chat over many images and audio clips\nAttach files with 📎, ask, press Enter.")
+        chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot")
+        box = gr.MultimodalTextbox(
+            file_types=["image", "audio"], file_count="multiple", placeholder="Ask about your images and audio...",
+            show_label=False, elem_id="message",
+        )
+        clear = gr.Button("New conversation", elem_id="reset")
+        session = gr.State(None)
+        box.submit(respond, [box, chatbot, session], [chatbot, box, session])
+        clear.click(reset, [session], [chatbot, session])
+    return demo
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="A folder written by save_pretrained, or a hub repository id.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    model, processor = load_checkpoint(args.checkpoint, args.device)
+    build_demo(model, processor, args.max_new_tokens).queue().launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()
