@@ -29,6 +29,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "openai"],
+        "serve": ["fastapi", "uvicorn"],
+        "ui": ["gradio==6.31.*", "playwright==1.65.*"],
     },
     entry_points={"console_scripts": ["mmmmodal=mmmmodal.cli:main"]},
 )
