@@ -66,7 +66,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 from test_processing_resume import EchoGenerator, _captions
 from processing.visual_qa import visual_qa
-visual_qa(_captions(12), {out!r}, EchoGenerator(delay=0.15), n_turns=1, chunk_size=2)
+visual_qa(_captions(12), {out!r}, EchoGenerator(delay=0.3), n_turns=1, chunk_size=2)
 """
 
 
