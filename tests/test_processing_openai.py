@@ -17,7 +17,7 @@ from processing.generators import OpenAIGenerator
 from processing.jsonl_io import read_jsonl
 from processing.visual_qa import visual_qa
 
-pytest.importorskip("fastapi", reason="`transformers serve` needs fastapi + uvicorn (pip install transformers[serving])")
+pytest.importorskip("fastapi", reason="`transformers serve` needs fastapi + uvicorn (pip install -e .[serve])")
 pytest.importorskip("uvicorn")
 STARTUP_TIMEOUT_S = 90
 
