@@ -24,9 +24,16 @@ logger = logging.getLogger(__name__)
 LABELS = {"en": {"image": "Picture {n}:", "audio": "Audio {n}:"}, "ms": {"image": "Gambar {n}:", "audio": "Audio {n}:"}}
 
 
+# Naming a picture's colour or shape (6 or 4 words per language) learned slowest in measured runs (held-out
+# accuracy at chance after 1,300 steps while "same colour?" reached 0.8), so those two get more of the mix.
+WEIGHT_CHANGES = {"image_colour": 2.5, "image_shape": 2.5}
+
+
 def task_config() -> TaskConfig:
     """The task settings the demo trains and evaluates on."""
-    return TaskConfig(image_size=32, clip_seconds=1.5)
+    cfg = TaskConfig(image_size=32, clip_seconds=1.5)
+    cfg.weights.update(WEIGHT_CHANGES)
+    return cfg
 
 
 def tokenizer_corpus(cfg: TaskConfig) -> list[str]:
@@ -41,6 +48,10 @@ def tokenizer_corpus(cfg: TaskConfig) -> list[str]:
         lines += [" ".join(YES_NO[language]), " ".join(MORE[language]), " ".join(NUMBER_WORDS[language].values())]
     lines += [" ".join(COLOURS), " ".join(v[1] for v in COLOURS.values()), " ".join(SHAPES), " ".join(SHAPES.values())]
     lines += [" ".join(PITCHES), " ".join(v[1] for v in PITCHES.values()), "bip beep beeps circles squares"]
+    # Answers start the assistant turn with no space before them: train them as lines of their own too, so that
+    # every answer is one token (a byte-level BPE word at a line start has no leading-space marker).
+    answers = {a for q in QUESTION_TYPES.values() for language in cfg.languages for a in q.space(language)}
+    lines += sorted(answers)
     return lines * 4  # repetition only raises merge counts; the content is the same
 
 

@@ -36,7 +36,7 @@ def plot(path, stage0_loss, stage_losses: dict, result: dict):
     ax.legend()
 
     ax = axes[2]
-    types = list(result["per_type"])
+    types = sorted(result["per_type"], key=lambda t: (_is_cross(t, result), t))  # single-media types first
     names = types + ["single_media", "cross_media"]
     accuracy = [result["per_type"][t]["accuracy"] for t in types] + [result[g]["accuracy"] for g in GOALS]
     chance = [result["per_type"][t]["chance"] for t in types] + [result[g]["chance"] for g in GOALS]
@@ -53,8 +53,10 @@ def plot(path, stage0_loss, stage_losses: dict, result: dict):
     ax.fill_between([], [], color="tab:cyan", label="single-media question")
     ax.fill_between([], [], color="tab:purple", label="cross-media question")
     ax.set_xticks(list(x), names, rotation=40, ha="right", fontsize=8)
-    ax.set(ylim=(0, 1.1), ylabel="exact-match accuracy", title="Held-out accuracy per question type")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.axvline(len(types) - 0.5, color="grey", linewidth=0.8)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set(ylim=(0, 1.32), ylabel="exact-match accuracy", title="Held-out accuracy per question type")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
