@@ -37,7 +37,7 @@ SPAN_TOKENS = ("image_token_id", "image_start_token_id", "image_end_token_id",
 
 def describe_row(row: dict, index: int | None = None) -> str:
     """A short name for a row in error messages: its `id`, else its index, else its first text."""
-    if isinstance(row, dict) and row.get("id") is not None:
+    if hasattr(row, "get") and row.get("id") is not None:
         return f"row id={row['id']!r}"
     if index is not None:
         return f"row {index}"

@@ -128,3 +128,18 @@ def test_skip_bad_rows_counts_and_keeps_the_good_ones(processor, media_files):
     assert collator.skipped == 1 and batch["input_ids"].shape[0] == 1
     with pytest.raises(ValueError, match="Every row"):
         collator([audio_row("/nonexistent/b.wav")])
+
+
+def test_prepare_dataset_names_bad_rows_or_skips_them_counted(media_files, caplog):
+    from datasets import Dataset
+
+    from processing.collate import prepare_dataset
+
+    paper = two_turn_rows(media_files)[2]
+    bad = {**paper, "id": "one-file-short", "filename": paper["filename"][:2]}
+    dataset = Dataset.from_list([paper, bad])
+    with pytest.raises(ValueError, match="one-file-short"):
+        prepare_dataset(dataset)
+    kept = prepare_dataset(dataset, skip_bad_rows=True)
+    assert len(kept) == 1 and kept[0]["images"] == paper["filename"][:2]
+    assert "Skipped 1 of 2 rows" in caplog.text
