@@ -31,28 +31,33 @@ def media_kind(path: str) -> str:
 
 
 def build_demo(model, processor, max_new_tokens: int = 128) -> gr.Blocks:
-    def respond(message: dict, history: list, session: ChatSession | None):
+    def add_message(message: dict, history: list, session: ChatSession | None):
+        """Attach the uploads to this browser's session and show the user's turn; `question` is None on bad media."""
         session = session or ChatSession(model, processor, max_new_tokens=max_new_tokens)
         files, text = message.get("files") or [], (message.get("text") or "").strip()
+        history = history + [{"role": "user", "content": {"path": path}} for path in files]
+        history = history + [{"role": "user", "content": text or "(no text)"}]
+        question = text
         try:
             for path in files:
                 session.attach(media_kind(path), path)
         except ValueError as error:
-            session.pending = []
-            history = history + [{"role": "user", "content": text or "(no text)"},
-                                 {"role": "assistant", "content": f"⚠️ {error}"}]
-            yield history, gr.MultimodalTextbox(value=None), session
+            session.pending, question = [], None
+            history = history + [{"role": "assistant", "content": f"⚠️ {error}"}]
+        return history, gr.MultimodalTextbox(value=None), session, question
+
+    def respond(history: list, session: ChatSession, question: str | None):
+        if question is None:  # bad media: the error is already shown (a generator must still yield its output)
+            yield history
             return
-        history = history + [{"role": "user", "content": {"path": path}} for path in files]
-        history = history + [{"role": "user", "content": text or "(no text)"}, {"role": "assistant", "content": ""}]
-        yield history, gr.MultimodalTextbox(value=None, interactive=False), session
+        history = history + [{"role": "assistant", "content": ""}]
         try:
-            for piece in session.stream(text):
+            for piece in session.stream(question):
                 history[-1]["content"] += piece
-                yield history, gr.MultimodalTextbox(interactive=False), session
+                yield history
         except ValueError as error:
             history[-1]["content"] = f"⚠️ {error}"
-        yield history, gr.MultimodalTextbox(value=None, interactive=True), session
+        yield history
 
     def reset(session: ChatSession | None):
         if session is not None:
@@ -67,8 +72,10 @@ def build_demo(model, processor, max_new_tokens: int = 128) -> gr.Blocks:
             show_label=False, elem_id="message",
         )
         clear = gr.Button("New conversation", elem_id="reset")
-        session = gr.State(None)
-        box.submit(respond, [box, chatbot, session], [chatbot, box, session])
+        session, question = gr.State(None), gr.State(None)
+        box.submit(add_message, [box, chatbot, session], [chatbot, box, session, question]).then(
+            respond, [chatbot, session, question], [chatbot]
+        )
         clear.click(reset, [session], [chatbot, session])
     return demo
 
