@@ -97,6 +97,7 @@ class ChatSession:
         self._cached_messages = 0  # how many of `self.messages` the cache holds
         self._closing = ""  # text that closes the last assistant turn (template tail) before the next turn
         self._last_prompt_length = 0  # length of the last turn's prompt within `self._ids`
+        self._thread = getattr(self, "_thread", None)  # the generation thread of the last turn
 
     def attach(self, kind: str, source):
         """Attach an image or audio clip (path, URL, PIL image or array) to the next user turn.
@@ -193,8 +194,12 @@ class ChatSession:
 
     def _start_generation(self, turn: _Turn, streamer) -> dict:
         """Run `generate` on a thread from the kept cache; the result dict gets `sequences` or `error`."""
+        if self._thread is not None:  # a turn whose stream was abandoned may still be generating into the cache
+            self._thread.join()
         input_ids = turn.input_ids if self._ids is None else torch.cat([self._ids, turn.input_ids], dim=1)
         cache = self._cache if self._cache is not None else DynamicCache(config=self.model.config.text_config)
+        if self._ids is not None:  # after a finished turn the cache holds every token but the last generated one;
+            _truncate_cache(cache, self._ids.shape[1] - 1)  # drop what a turn whose stream was abandoned left behind
         cached = cache.get_seq_length()
         result = {"prompt_length": input_ids.shape[1], "cache": cache}
 
@@ -211,12 +216,12 @@ class ChatSession:
                         **self.generate_kwargs,
                     )
             except Exception as error:  # handed to the caller's thread, which re-raises it
-                cache.crop(cached)  # back to the state before this turn: the session stays usable
+                _truncate_cache(cache, cached)  # back to the state before this turn: the session stays usable
                 result["error"] = error
                 streamer.end()
 
-        result["thread"] = threading.Thread(target=run, daemon=True)
-        result["thread"].start()
+        result["thread"] = self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
         return result
 
     def _finish_turn(self, user: dict, result: dict):
@@ -230,6 +235,13 @@ class ChatSession:
         ended = len(answer_ids) > 0 and int(answer_ids[-1]) == self.turn_end_id
         self._closing = ("" if ended else TURN_END_TOKEN) + "\n"  # ChatML: `<|im_end|>\n` closes every turn
         self.pending = []
+
+
+def _truncate_cache(cache, length: int):
+    """Keep the first `length` positions of `cache` (`DynamicCache.crop` takes the number to drop, negated)."""
+    excess = cache.get_seq_length() - length
+    if excess > 0:
+        cache.crop(-excess)
 
 
 # ---------------------------------------------------------------------------------------------------- terminal app

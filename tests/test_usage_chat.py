@@ -173,3 +173,17 @@ def test_cli_chat_streams_from_a_checkpoint(tiny):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("assistant: ") == 2 and "[new conversation]" in result.stdout
+
+
+def test_an_abandoned_stream_does_not_corrupt_the_next_turn(tiny):
+    model, processor, _, media = tiny
+    session = ChatSession(model, processor, max_new_tokens=8)
+    session.ask("hello")
+    stream = session.stream("Tell me a long story.")
+    next(stream)  # the reader goes away after the first piece; generation runs on, extending the cache
+    stream.close()
+    assert len(session.messages) == 2  # the abandoned turn is not part of the conversation
+    session.attach("image", str(media / "red.png"))
+    session.ask("What is in picture 1?")
+    answer = session._ids[0, session._last_prompt_length :].tolist()
+    assert answer == recompute(model, session, [Image.open(media / "red.png").convert("RGB")], [])
