@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# Dependencies of the usage tests beyond `.[test]`: the `serve` extra (FastAPI, uvicorn) for `mmmmodal serve`, the
-# `ui` extra (Gradio, Playwright's Python API) for the web demo, and Debian's Chromium for the browser test.
+# Debian's Chromium for the web demo's browser test (the Python packages come with the `test` extra).
 # Never `playwright install`: it downloads a browser build; the test drives Debian's /usr/bin/chromium instead.
 # If Chromium cannot be installed (no apt-get, no root), this says so and the browser test skips with that reason.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-
-pip install -e ".[serve,ui]" || exit 1
 
 if command -v chromium >/dev/null 2>&1; then
     exit 0
