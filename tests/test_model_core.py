@@ -245,3 +245,39 @@ def test_gradient_checkpointing_trains(tiny):
         model.activation_checkpointing_disable()
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+@pytest.mark.parametrize("text_type", ["llama", "mistral", "qwen2"])
+def test_any_causal_lm_as_text_model(text_type):
+    from modeling_mmmmodal import MMMModalConfig, MMMModalForConditionalGeneration
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                 intermediate_size=64, vocab_size=120)
+    config = MMMModalConfig(
+        vision_config=dict(hidden_size=32, image_size=32, patch_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64),
+        audio_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=150),
+        text_config=dict(model_type=text_type, **small),
+        image_token_id=100, audio_token_id=101,
+    )
+    model = MMMModalForConditionalGeneration(config).eval()
+    n_audio = audio_token_lengths(torch.tensor([120]), 40, 3)
+    ids = torch.tensor([[1, 2] + [100] * 4 + [3] + [101] * int(n_audio) + [4]])
+    mask = torch.zeros(1, 300, dtype=torch.long)
+    mask[:, :120] = 1
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 32, 32), input_features=torch.randn(1, 80, 300),
+                    input_features_mask=mask, labels=ids)
+    assert type(model.model.language_model).__name__.lower().startswith(text_type.replace("2", ""))
+    assert out.logits.shape == (1, ids.shape[1], 120) and torch.isfinite(out.loss)
+
+
+def test_audio_only_model(tmp_path):
+    model, processor = build_tiny(tmp_path, vision=False, seed=4)
+    assert model.model.vision_tower is None and model.config.vision_config is None
+    with pytest.raises(ValueError, match="no vision tower"):
+        processor(text="<image>", images=random_image(0))
+    batch = processor(text="<audio> hi", audio=random_audio(0, 1.0), return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch, labels=batch["input_ids"]).loss)
