@@ -8,7 +8,7 @@ Three contenders train on the same weights and the same image-only batch:
 - `naive`: the reference code's approach, written fresh: each sample's ids hold one placeholder per image, and the
   sequence is rebuilt sample by sample by concatenating text embeddings and image features, then re-padded.
 A fourth row, `mmmmodal+audio`, is our full model (audio tower too) on the same image-only batch: in training it
-also anchors the idle audio side (see `MMMModalModel._anchor_unused`), which is what a real stage-2 run pays.
+also anchors the idle audio side (see `MMMModalModel._merge_media`), which is what a real stage-2 run pays.
 """
 
 import torch
