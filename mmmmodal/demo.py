@@ -34,14 +34,15 @@ class DemoSettings:
     stage0_max_seconds: float = 75.0
     stage0_pool: int = 768
     stage0_eval: int = 256
-    stage1_fraction: float = 0.03
+    stage1_fraction: float = 0.015
     stage1_lr: float = 3e-3
     stage2_lr: float = 2e-3
     warmup_steps: int = 20
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
-    reserve_seconds: float = 50.0  # kept for evaluation, saving, reloading, the chat and the report
+    reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
     log_every: int = 10
     workers: int = 1
+    group_by_length: bool = True  # batches of similar length, in random order: ~25% less padding compute per step
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -142,7 +143,7 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mmmmodal.demo_collate import CachingCollator, project_collator
+    from mmmmodal.demo_collate import CachingCollator, ShuffledLengthBatches, project_collator
 
     model.set_training_stage(stage)
     start = time.time()
@@ -175,10 +176,17 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
         max_length=None,
         dataloader_num_workers=settings.workers,
         dataloader_persistent_workers=settings.workers > 0,  # the collator's cache lives in the worker
+        remove_unused_columns=False,  # keeps the `length` column for the sampler; the collator reads only its keys
         seed=seed,
     )
     collator = CachingCollator(project_collator(processor), processor.tokenizer.pad_token_id)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
+    class Trainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            if not settings.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            return ShuffledLengthBatches(dataset["length"], settings.batch_size, seed=seed)
+
+    trainer = Trainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
                          data_collator=collator, optimizers=(optimizer, scheduler), callbacks=[StopAtDeadline()])
     trainer.train()
     model.eval()
@@ -270,11 +278,11 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
     clock.lap("stage 0")
 
     _say(clock, "stage 1: projectors only, on captions (TRL SFTTrainer)")
-    stage1, steps1 = _train_stage(model, processor, to_dataset(data["alignment"]), 1, out, settings, settings.stage1_lr,
+    stage1, steps1 = _train_stage(model, processor, to_dataset(data["alignment"], processor.tokenizer), 1, out, settings, settings.stage1_lr,
                           settings.stage1_fraction * budget, seed)
     clock.lap("stage 1")
     _say(clock, "stage 2: projectors + LLM, on multi-turn chats (TRL SFTTrainer)")
-    stage2, steps2 = _train_stage(model, processor, to_dataset(data["train"]), 2, out, settings, settings.stage2_lr,
+    stage2, steps2 = _train_stage(model, processor, to_dataset(data["train"], processor.tokenizer), 2, out, settings, settings.stage2_lr,
                           clock.left() - settings.reserve_seconds, seed)
     clock.lap("stage 2")
 

@@ -9,9 +9,11 @@ epochs.
 """
 
 import json
+import random
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.data import Sampler
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
 MEDIA_KEYS = ("pixel_values", "input_features", "input_features_mask")
@@ -41,7 +43,7 @@ class CachingCollator:
         for example in examples:
             key = json.dumps([example.get("messages"), example.get("images")], sort_keys=True, default=str)
             if key not in self.cache:
-                one = self.inner([example])
+                one = self.inner([{"messages": example.get("messages"), "images": example.get("images")}])
                 self.cache[key] = {k: (v[0] if k in SEQUENCE_KEYS else v) for k, v in one.items()}
             rows.append(self.cache[key])
         return self.pad(rows)
@@ -62,4 +64,35 @@ class CachingCollator:
         return batch
 
 
-__all__ = ["CachingCollator", "project_collator"]
+class ShuffledLengthBatches(Sampler):
+    """Batches of similar length, in random order: less padding without a long-to-short drift within an epoch.
+
+    Every epoch: shuffle the rows, cut them into groups of `group` batches, sort each group by length and split it
+    into batches, then shuffle the order of all the batches. (transformers' `LengthGroupedSampler` instead walks
+    each mega-batch of up to 50 batches from longest to shortest, so the model sees long conversations for a
+    while, then short ones: measured worse here.) Yields row indices; each run of `batch_size` is one batch.
+    """
+
+    def __init__(self, lengths, batch_size: int, group: int = 8, seed: int = 0):
+        self.lengths, self.batch_size, self.group, self.seed, self.epoch = list(lengths), batch_size, group, seed, 0
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        size = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        full = [b for b in batches if len(b) == self.batch_size]
+        rng.shuffle(full)
+        rest = [i for b in batches if len(b) < self.batch_size for i in b]  # at most one short batch, kept last
+        return iter([i for b in full for i in b] + rest)
+
+
+__all__ = ["CachingCollator", "ShuffledLengthBatches", "project_collator"]

@@ -83,9 +83,26 @@ def make_data(out_dir, n_train: int, n_test: int, n_alignment: int, seed: int) -
     return {split: read_rows(path) for split, path in written.items()}
 
 
-def to_dataset(rows: list[dict]) -> Dataset:
-    """Rows in TRL's vision form (`messages` + `images`), the only columns the training collator needs."""
-    return Dataset.from_list([{"messages": r["messages"], "images": r["images"]} for r in rows])
+def approximate_length(row: dict, tokenizer=None) -> int:
+    """A row's token count, roughly (text tokens, plus a fixed guess per media item and per message): only used
+    to put conversations of similar length into one batch, which cuts padding."""
+    length = 0
+    for message in row["messages"]:
+        length += 5
+        parts = message["content"] if isinstance(message["content"], list) else [{"type": "text", "text": message["content"]}]
+        for part in parts:
+            if part.get("type") == "text":
+                length += len(tokenizer(part["text"])["input_ids"]) if tokenizer is not None else len(part["text"]) // 4
+            else:
+                length += 6 if part.get("type") == "image" else 14
+    return length
 
 
-__all__ = ["task_config", "tokenizer_corpus", "label_media", "read_rows", "make_data", "to_dataset", "LABELS"]
+def to_dataset(rows: list[dict], tokenizer=None) -> Dataset:
+    """Rows in TRL's vision form (`messages` + `images`), the only columns the training collator needs, plus
+    `length` for the trainer's length-grouped sampler."""
+    return Dataset.from_list([{"messages": r["messages"], "images": r["images"],
+                               "length": approximate_length(r, tokenizer)} for r in rows])
+
+
+__all__ = ["task_config", "tokenizer_corpus", "label_media", "read_rows", "make_data", "to_dataset", "approximate_length", "LABELS"]
