@@ -174,6 +174,20 @@ def _write_jsonl(rows, path: Path):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _write_dataset_card(out_dir: Path, with_alignment: bool) -> None:
+    """A README.md whose `configs` metadata lets `load_dataset(out_dir)` (and `trl sft --dataset_name out_dir`)
+    read the JSONL splits instead of guessing an image/audio folder dataset from `media/`."""
+    configs = ["- config_name: default", "  data_files:", "  - split: train", "    path: train.jsonl",
+               "  - split: test", "    path: test.jsonl"]
+    if with_alignment:
+        configs += ["- config_name: alignment", "  data_files:", "  - split: train", "    path: alignment.jsonl"]
+    card = ["---", "configs:", *configs, "---", "",
+            "# Synthetic shapes-and-beeps task (MMMModal)", "",
+            "Written by `mmmmodal data synthetic`. `default`: multi-turn conversations (train / test);",
+            "`alignment`: one image or clip with its description (stage 1). Media paths are absolute.", ""]
+    (out_dir / "README.md").write_text("\n".join(card), encoding="utf-8")
+
+
 def write_synthetic(out_dir, n_train: int, n_test: int, seed: int = 0, cfg: TaskConfig | None = None,
                     n_alignment: int = 0) -> dict:
     """Materialise `train.jsonl`, `test.jsonl` (and `alignment.jsonl`) plus media under `out_dir/media`.
@@ -195,6 +209,7 @@ def write_synthetic(out_dir, n_train: int, n_test: int, seed: int = 0, cfg: Task
                 for i in tqdm(range(n_alignment), desc="synthetic alignment", unit="row")]
         _write_jsonl(rows, out_dir / "alignment.jsonl")
         written["alignment"] = str(out_dir / "alignment.jsonl")
+    _write_dataset_card(out_dir, n_alignment > 0)
     logger.info("Synthetic task written to %s: %s", out_dir, written)
     return written
 
