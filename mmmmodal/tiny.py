@@ -135,3 +135,15 @@ def build_tiny(out_dir, sizes: TinySizes | None = None, corpus=None, vision=True
         vision_src, audio_src, parts["text"], processor=processor, **config_kwargs
     )
     return model, processor
+
+
+def build_tiny_checkpoint(out_dir, name: str = "checkpoint", sizes: TinySizes | None = None, **kwargs):
+    """`build_tiny`, then save model and processor as a remote-code checkpoint `out_dir/name`.
+
+    Returns (model in eval mode, processor, checkpoint path).
+    """
+    model, processor = build_tiny(Path(out_dir) / "build", sizes, **kwargs)
+    path = Path(out_dir) / name
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return model.eval(), processor, path

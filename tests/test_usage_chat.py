@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mmmmodal.chat import ChatSession, run_repl
-from mmmmodal.tiny import TinySizes, build_tiny
+from mmmmodal.tiny import TinySizes, build_tiny_checkpoint
 
 MAX_POSITIONS = 256
 
@@ -21,11 +21,7 @@ MAX_POSITIONS = 256
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
-    model, processor = build_tiny(root / "build", TinySizes(text_max_positions=MAX_POSITIONS))
-    model.eval()
-    checkpoint = root / "checkpoint"
-    model.save_pretrained(checkpoint)
-    processor.save_pretrained(checkpoint)
+    model, processor, checkpoint = build_tiny_checkpoint(root, sizes=TinySizes(text_max_positions=MAX_POSITIONS))
     media = root / "media"
     media.mkdir()
     for name, colour in (("red", (220, 30, 30)), ("blue", (30, 60, 220))):

@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the web demo needs the `ui` extra: pip install -e '.[ui]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs the `ui` extra (playwright)")
 
-from mmmmodal.tiny import build_tiny  # noqa: E402
+from mmmmodal.tiny import build_tiny_checkpoint  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 APP = Path(__file__).resolve().parents[1] / "examples" / "gradio_app.py"
@@ -39,9 +39,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("gradio")
-    model, processor = build_tiny(root / "build")
-    model.save_pretrained(root / "checkpoint")
-    processor.save_pretrained(root / "checkpoint")
+    build_tiny_checkpoint(root)
     port = _free_port()
     log = open(root / "app.log", "w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from mmmmodal.serve import encode_request, parse_messages
-from mmmmodal.tiny import TinySizes, build_tiny
+from mmmmodal.tiny import TinySizes, build_tiny_checkpoint
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -39,11 +39,9 @@ def _b64(data: bytes) -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    model, processor = build_tiny(root / "build", TinySizes(text_max_positions=MAX_POSITIONS))
-    model.eval()
-    checkpoint = root / "tiny-mmmmodal"
-    model.save_pretrained(checkpoint)
-    processor.save_pretrained(checkpoint)
+    model, processor, checkpoint = build_tiny_checkpoint(
+        root, "tiny-mmmmodal", sizes=TinySizes(text_max_positions=MAX_POSITIONS)
+    )
     port = _free_port()
     log = open(root / "server.log", "w")
     server = subprocess.Popen(
