@@ -250,7 +250,7 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    from mmmmodal.demo_data import make_data, to_dataset
+    from mmmmodal.demo_data import make_data, task_config, to_dataset
     from mmmmodal.demo_eval import chat, evaluate_model
     from mmmmodal.demo_report import report_json, write_report
     from mmmmodal.demo_stage0 import pretrain_towers
@@ -297,6 +297,7 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
     clock.lap("chat")
 
     minutes_used = clock.elapsed() / 60
+    weights = {k: v for k, v in task_config().weights.items() if v}
     parameters = sum(p.numel() for p in model.parameters())
     stage0_summary = "skipped: pretrained towers were given"
     if stage0 is not None:
@@ -317,8 +318,11 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
         "data": {"summary": (f"{settings.n_train} train / {settings.n_test} held-out conversations "
                              f"(English and Malay, 1-4 turns, 0-3 images and 0-3 clips each), "
                              f"{settings.n_alignment} caption pairs for stage 1; media labelled "
-                             "'Picture k:' / 'Audio k:'"),
-                 "n_train": settings.n_train, "n_test": settings.n_test, "n_alignment": settings.n_alignment},
+                             "'Picture k:' / 'Audio k:'; question mix (relative weights of the question types, "
+                             "the same for train and held-out): "
+                             + ", ".join(f"{k} {v:g}" for k, v in weights.items())),
+                 "n_train": settings.n_train, "n_test": settings.n_test, "n_alignment": settings.n_alignment,
+                 "question_weights": weights},
         "scoring": ("teacher-forced greedy decoding of every assistant turn of the held-out conversations, exact "
                     "match against the reference (processing/synthetic_eval.py); chance is a uniform guess over "
                     "each question type's answers"),

@@ -50,6 +50,9 @@ def test_markdown_states_the_numbers(demo_out):
     assert f"{report['minutes']:.2f} minutes" in text
     assert "report.png" in text
     assert "stand-in for the pretrained" in text  # stage 0 is labelled for what it is
+    weights = report["data"]["question_weights"]  # the question mix is stated (train and held-out share it)
+    assert set(weights) == set(QUESTION_TYPES) and "question mix" in text
+    assert all(f"{qtype} {weight:g}" in text for qtype, weight in weights.items())
     for qtype, value in report["accuracy"].items():
         assert re.search(rf"\| {qtype} \| \w+ \| \d+ \| {value:.3f} \|", text)
 
@@ -83,3 +86,17 @@ def test_checkpoint_reloads_with_remote_code(demo_out):
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_length_batches_cover_every_row_once_with_similar_lengths_in_random_order():
+    from mmmmodal.demo_collate import ShuffledLengthBatches
+
+    lengths = [(i * 37) % 200 + 20 for i in range(1000)]
+    sampler = ShuffledLengthBatches(lengths, batch_size=32, group=8, seed=0)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(1000)) and sorted(second) == list(range(1000)) and first != second
+    batches = [first[i : i + 32] for i in range(0, 992, 32)]
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert max(spread) < 60  # a random batch spans ~180
+    means = [sum(lengths[i] for i in b) / 32 for b in batches]
+    assert means != sorted(means) and means != sorted(means, reverse=True)  # no long-to-short drift
