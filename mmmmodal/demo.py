@@ -140,7 +140,8 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
                  seconds: float, seed: int):
     """One paper stage through TRL's SFTTrainer, stopped by the wall clock; returns [(step, loss)]."""
     import torch
-    from transformers import TrainerCallback
+    from tqdm.auto import tqdm
+    from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from mmmmodal.demo_collate import CachingCollator, ShuffledLengthBatches, project_collator
@@ -150,9 +151,27 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
     end = start + max(seconds, 1.0)
 
     class StopAtDeadline(TrainerCallback):
+        """Stops training on the wall clock; its progress bar counts seconds of the budget, not steps."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=round(end - start), unit="s", desc=f"stage {stage}",
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s{postfix}")
+
         def on_step_end(self, args, state, control, **kwargs):
-            if time.time() >= end:
+            now = time.time()
+            self.bar.n = min(round(now - start), self.bar.total)
+            self.bar.set_postfix(step=state.global_step, loss=self.loss)
+            if now >= end:
                 control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.loss = f"{float(logs['loss']):.3f}"
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+        loss = "-"
 
     def factor(step):  # warmup by steps, then linear decay to 5% by the deadline (the budget is wall-clock)
         if step < settings.warmup_steps:
@@ -178,6 +197,7 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
         dataloader_persistent_workers=settings.workers > 0,  # the collator's cache lives in the worker
         remove_unused_columns=False,  # keeps the `length` column for the sampler; the collator reads only its keys
         seed=seed,
+        disable_tqdm=True,  # a step-count bar means nothing when the clock stops training; ours counts seconds
     )
     collator = CachingCollator(project_collator(processor), processor.tokenizer.pad_token_id)
     class Trainer(SFTTrainer):
@@ -188,6 +208,7 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
 
     trainer = Trainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
                          data_collator=collator, optimizers=(optimizer, scheduler), callbacks=[StopAtDeadline()])
+    trainer.remove_callback(PrinterCallback)  # the seconds bar shows step and loss instead of a dict per log
     trainer.train()
     model.eval()
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
