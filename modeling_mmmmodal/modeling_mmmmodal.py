@@ -24,6 +24,7 @@ from .configuration_mmmmodal import (
     IMAGE_END_TOKEN,
     IMAGE_PAD_TOKEN,
     IMAGE_TOKEN,
+    TRAINING_STAGES,
     TURN_END_TOKEN,
     MMMModalConfig,
     audio_token_lengths,
@@ -441,8 +442,8 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         Towers stay frozen unless `config.train_vision_tower` / `config.train_audio_tower` is set (stage 2 only).
         `None` makes everything trainable.
         """
-        if stage not in (None, 1, 2):
-            raise ValueError(f"training_stage must be None, 1 or 2, got {stage!r}.")
+        if stage not in TRAINING_STAGES:
+            raise ValueError(f"training_stage must be one of {TRAINING_STAGES}, got {stage!r}.")
         self.config.training_stage = stage
         trainable = {"multi_modal_projector", "audio_projector"}
         if stage == 2:
