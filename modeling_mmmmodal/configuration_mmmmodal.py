@@ -192,6 +192,13 @@ class MMMModalConfig(PreTrainedConfig):
         model_type = value.pop("model_type", spec.model_type)
         return AutoConfig.for_model(model_type, **value)
 
+    @property
+    def num_image_tokens(self) -> int:
+        """Feature vectors (LLM tokens) per image: one per SigLIP patch (SigLIP has no CLS token)."""
+        if self.vision_config is None:
+            return 0
+        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+
 
 MMMModalConfig.register_for_auto_class()
 

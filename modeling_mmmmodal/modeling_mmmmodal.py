@@ -25,6 +25,7 @@ from .configuration_mmmmodal import (
     IMAGE_PAD_TOKEN,
     IMAGE_TOKEN,
     TRAINING_STAGES,
+    TRAINING_STAGES,
     TURN_END_TOKEN,
     MMMModalConfig,
     audio_token_lengths,
