@@ -1,10 +1,11 @@
 """`mmmmodal demo --out DIR`: build, train, evaluate, save, reload and chat with a small MMMModal, end to end.
 
 Steps (all offline): build a tiny SigLIP / Whisper / Llama from configs with a locally trained tokenizer (or load
-`--vision/--audio/--text` hub ids or folders), write the built-in synthetic task, pretrain the tiny towers
-("stage 0", the stand-in for the paper's pretrained encoders), run the paper's stage 1 and stage 2 through TRL's
-`SFTTrainer`, score held-out conversations per question type, save a remote-code checkpoint, reload it with
-`trust_remote_code=True`, answer one multi-turn conversation with two images and two audio clips, and write
+`--vision/--audio/--text` hub ids or folders), write the built-in synthetic task's held-out split and stage-1
+captions, pretrain the tiny towers ("stage 0", the stand-in for the paper's pretrained encoders), run the paper's
+stage 1 and stage 2 through TRL's `SFTTrainer` (stage 2 on a stream of fresh conversations, easy ones first: see
+`mmmmodal.demo_data.stream_dataset`), score held-out conversations per question type, save a remote-code
+checkpoint, reload it with `trust_remote_code=True`, answer one multi-turn conversation with two images and two audio clips, and write
 `report.json`, `report.md` and `report.png` under DIR. Training stops on a wall-clock budget (`--minutes`).
 """
 
@@ -26,7 +27,6 @@ class DemoSettings:
     layers: int = 3
     heads: int = 4
     vocab_size: int = 600
-    n_train: int = 2500
     n_test: int = 400
     n_alignment: int = 600
     batch_size: int = 32
@@ -37,6 +37,7 @@ class DemoSettings:
     stage1_fraction: float = 0.015
     stage1_lr: float = 3e-3
     stage2_lr: float = 2e-3
+    curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
     warmup_steps: int = 20
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
     reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
@@ -47,7 +48,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(hidden_size=32, layers=2, heads=2, n_train=48, n_test=24, n_alignment=24, batch_size=8,
+        return cls(hidden_size=32, layers=2, heads=2, n_test=24, n_alignment=24, batch_size=8,
                    stage0_fraction=0.1, stage0_max_seconds=5.0, stage0_pool=32, stage0_eval=32, warmup_steps=1, max_steps=3, reserve_seconds=20.0,
                    log_every=1, workers=0)
 
@@ -140,6 +141,7 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
                  seconds: float, seed: int):
     """One paper stage through TRL's SFTTrainer, stopped by the wall clock; returns [(step, loss)]."""
     import torch
+    from datasets import IterableDataset
     from tqdm.auto import tqdm
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -199,10 +201,14 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
         seed=seed,
         disable_tqdm=True,  # a step-count bar means nothing when the clock stops training; ours counts seconds
     )
-    collator = CachingCollator(project_collator(processor), processor.tokenizer.pad_token_id)
+    streamed = isinstance(dataset, IterableDataset)  # fresh rows: nothing to cache, already length-grouped
+    collator = project_collator(processor)
+    if not streamed:
+        collator = CachingCollator(collator, processor.tokenizer.pad_token_id)
+
     class Trainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
-            if not settings.group_by_length:
+            if streamed or not settings.group_by_length:
                 return super()._get_train_sampler(train_dataset)
             return ShuffledLengthBatches(dataset["length"], settings.batch_size, seed=seed)
 
@@ -271,7 +277,7 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    from mmmmodal.demo_data import make_data, task_config, to_dataset
+    from mmmmodal.demo_data import make_data, stream_dataset, task_config, to_dataset
     from mmmmodal.demo_eval import chat, evaluate_model
     from mmmmodal.demo_report import report_json, write_report
     from mmmmodal.demo_stage0 import pretrain_towers
@@ -284,7 +290,7 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
 
     model, processor, description, built = _build(out, settings, vision, audio, text, seed)
     clock.lap("build model")
-    data = make_data(out / "data", settings.n_train, settings.n_test, settings.n_alignment, seed)
+    data = make_data(out / "data", 0, settings.n_test, settings.n_alignment, seed)
     clock.lap("write data")
 
     budget = clock.left() - settings.reserve_seconds
@@ -302,9 +308,10 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
     stage1, steps1 = _train_stage(model, processor, to_dataset(data["alignment"], processor.tokenizer), 1, out, settings, settings.stage1_lr,
                           settings.stage1_fraction * budget, seed)
     clock.lap("stage 1")
-    _say(clock, "stage 2: projectors + LLM, on multi-turn chats (TRL SFTTrainer)")
-    stage2, steps2 = _train_stage(model, processor, to_dataset(data["train"], processor.tokenizer), 2, out, settings, settings.stage2_lr,
-                          clock.left() - settings.reserve_seconds, seed)
+    _say(clock, "stage 2: projectors + LLM, on a stream of fresh multi-turn chats, easy ones first (TRL SFTTrainer)")
+    stream = stream_dataset(seed, settings.batch_size, curriculum_rows=settings.curriculum_steps * settings.batch_size)
+    stage2, steps2 = _train_stage(model, processor, stream, 2, out, settings, settings.stage2_lr,
+                                  clock.left() - settings.reserve_seconds, seed)
     clock.lap("stage 2")
 
     result = evaluate_model(model, processor, data["test"], batch_size=settings.batch_size * 2)
@@ -336,13 +343,14 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
         "stage0": {"summary": stage0_summary, **({"accuracy": stage0.accuracy, "steps": stage0.steps} if stage0 else {})},
         "stage1": {"summary": _stage_summary(stage1, steps1, settings, settings.stage1_lr), "loss": stage1},
         "stage2": {"summary": _stage_summary(stage2, steps2, settings, settings.stage2_lr), "loss": stage2},
-        "data": {"summary": (f"{settings.n_train} train / {settings.n_test} held-out conversations "
+        "data": {"summary": (f"stage 2 trained on a stream of fresh conversations ({steps2 * settings.batch_size:,} "
+                             f"seen, none twice), scored on {settings.n_test} held-out ones "
                              f"(English and Malay, 1-4 turns, 0-3 images and 0-3 clips each), "
                              f"{settings.n_alignment} caption pairs for stage 1; media labelled "
                              "'Picture k:' / 'Audio k:'; question mix (relative weights of the question types, "
                              "the same for train and held-out): "
                              + ", ".join(f"{k} {v:g}" for k, v in weights.items())),
-                 "n_train": settings.n_train, "n_test": settings.n_test, "n_alignment": settings.n_alignment,
+                 "n_train_seen": steps2 * settings.batch_size, "n_test": settings.n_test, "n_alignment": settings.n_alignment,
                  "question_weights": weights},
         "scoring": ("teacher-forced greedy decoding of every assistant turn of the held-out conversations, exact "
                     "match against the reference (processing/synthetic_eval.py); chance is a uniform guess over "
@@ -364,8 +372,8 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
 def _stage_summary(losses, steps: int, settings: DemoSettings, lr: float) -> str:
     if not losses:
         return f"{steps} steps, no logged loss"
-    return (f"{steps} steps of batch {settings.batch_size}, AdamW lr {lr:g} (warmup, then linear decay "
-            f"on the wall clock), loss {losses[0][1]:.3f} -> {losses[-1][1]:.3f}")
+    return (f"{steps} steps of batch {settings.batch_size}, AdamW lr {lr:g} ({settings.warmup_steps} warmup steps, "
+            f"then linear decay on the wall clock), loss {losses[0][1]:.3f} -> {losses[-1][1]:.3f}")
 
 
 __all__ = ["run", "register", "DemoSettings"]

@@ -1,7 +1,7 @@
 """Demo collator: the project's collator, run once per row, its output cached and padded into batches.
 
-The demo revisits its training conversations for several epochs on 2 CPU cores, where rendering the chat template,
-the assistant mask and Whisper's log-mel features of a batch costs as much as the model's step. The rows never
+Stage 1 revisits its caption rows for several epochs on 2 CPU cores, where rendering the chat template, the
+assistant mask and Whisper's log-mel features of a batch costs as much as the model's step. The rows never
 change, so each row is collated once (by `processing.collate.MMMModalDataCollator`, or TRL's vision collator where
 that is not available) and later batches are assembled from the cache, padded exactly as the inner collator pads
 (right side: pad token, attention 0, label -100). Keep it in a persistent dataloader worker so the cache survives

@@ -40,10 +40,13 @@ def plot(path, stage0_loss, stage_losses: dict, result: dict):
     names = types + ["single_media", "cross_media"]
     accuracy = [result["per_type"][t]["accuracy"] for t in types] + [result[g]["accuracy"] for g in GOALS]
     chance = [result["per_type"][t]["chance"] for t in types] + [result[g]["chance"] for g in GOALS]
+    majority = [result["per_type"][t]["majority"] for t in types] + [result[g]["majority"] for g in GOALS]
     colours = ["tab:purple" if _is_cross(t, result) else "tab:cyan" for t in types] + ["tab:cyan", "tab:purple"]
     x = range(len(names))
     ax.bar(x, accuracy, color=colours, edgecolor=["none"] * len(types) + ["black", "black"], linewidth=1.5)
     ax.scatter(x, chance, marker="_", s=400, color="black", zorder=3, label="chance (uniform guess)")
+    ax.scatter(x, majority, marker="_", s=400, color="tab:orange", zorder=3,
+               label="majority answer (per type and language)")
     for g, goal in GOALS.items():
         i = names.index(g)
         ax.plot([i - 0.45, i + 0.45], [goal, goal], color="darkred", linestyle="--", zorder=4)
@@ -78,6 +81,9 @@ def report_json(result: dict, minutes: float, extra: dict) -> dict:
         "overall": result["overall"]["accuracy"],
         "chance_single_media": result["single_media"]["chance"],
         "chance_cross_media": result["cross_media"]["chance"],
+        "majority": {t: r["majority"] for t, r in result["per_type"].items()},
+        "majority_single_media": result["single_media"]["majority"],
+        "majority_cross_media": result["cross_media"]["majority"],
         "goal": GOALS,
         "goal_met": {g: result[g]["accuracy"] >= v for g, v in GOALS.items()},
         "minutes": minutes,
@@ -91,9 +97,11 @@ def markdown(report: dict, result: dict, transcript: list, png_name: str) -> str
         "# MMMModal demo report",
         "",
         f"Held-out accuracy: **single-media {report['single_media']:.3f}** (goal 0.9, "
-        f"{'met' if met['single_media'] else 'not met'}; chance {report['chance_single_media']:.3f}), "
-        f"**cross-media {report['cross_media']:.3f}** (goal 0.8, {'met' if met['cross_media'] else 'not met'}; "
-        f"chance {report['chance_cross_media']:.3f}), overall {report['overall']:.3f}.",
+        f"{'met' if met['single_media'] else 'not met'}; chance {report['chance_single_media']:.3f}, majority "
+        f"answer {report['majority_single_media']:.3f}), **cross-media {report['cross_media']:.3f}** (goal 0.8, "
+        f"{'met' if met['cross_media'] else 'not met'}; chance {report['chance_cross_media']:.3f}, majority answer "
+        f"{report['majority_cross_media']:.3f}), overall {report['overall']:.3f}. (Majority answer: always giving "
+        "the most frequent answer of the question type in the row's language, without looking at the media.)",
         f"Wall time: **{report['minutes']:.2f} minutes** for the whole command, with {report['threads']} torch "
         f"thread(s) training and {report['settings']['workers']} data-collation worker process(es), on a machine "
         f"with {report['cpus']} CPU cores (1-minute load average {report['load_average'][0]:.1f} at the start, "

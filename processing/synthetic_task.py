@@ -102,40 +102,58 @@ def split_of(spec: dict) -> str:
     return SPLITS[int(signature(spec), 16) % 2]
 
 
-def sample_split(n: int, seed: int, split: str, cfg: TaskConfig) -> list:
-    """`n` conversation specs of `split`, deterministic in `seed`."""
+def iter_split(seed: int, split: str, cfg: TaskConfig):
+    """An endless, seeded stream of conversation specs of `split` (the other split's are skipped)."""
     if split not in SPLITS:
         raise ValueError(f"Split: expected one of {SPLITS}, found {split!r}.")
-    rng, specs = random.Random(seed), []
-    while len(specs) < n:
+    rng = random.Random(seed)
+    while True:
         spec = sample_conversation(rng, cfg)
         if split_of(spec) == split:
-            specs.append(spec)
-    return specs
+            yield spec
 
 
-def _write_media(spec: dict, row_id: str, media_dir: Path, cfg: TaskConfig):
-    image_paths, audio_paths = [], []
+def sample_split(n: int, seed: int, split: str, cfg: TaskConfig) -> list:
+    """`n` conversation specs of `split`, deterministic in `seed` (the first `n` of `iter_split`)."""
+    stream = iter_split(seed, split, cfg)
+    return [next(stream) for _ in range(n)]
+
+
+def _write_media(spec: dict, row_id: str, media_dir: Path | None, cfg: TaskConfig):
+    """(images, audio parts' payloads): files under `media_dir` (paths), or objects in memory when it is None
+    (PIL images, `{"audio": waveform}`). The same spec and row id give the same pixels and samples either way."""
+    images, audios = [], []
     for k, image in enumerate(spec["images"]):
+        picture = draw_image(image, cfg.image_size)
+        if media_dir is None:
+            images.append(picture)
+            continue
         path = media_dir / f"{row_id}_image{k + 1}.png"
-        draw_image(image, cfg.image_size).save(path)
-        image_paths.append(str(path))
+        picture.save(path)
+        images.append(str(path))
     for k, audio in enumerate(spec["audios"]):
-        path = media_dir / f"{row_id}_audio{k + 1}.wav"
-        noise_seed = int(hashlib.sha1(str(path.name).encode()).hexdigest()[:8], 16)
-        sf.write(path, synth_audio(audio, cfg.clip_seconds, seed=noise_seed), SAMPLING_RATE)
-        audio_paths.append(str(path))
-    return image_paths, audio_paths
+        name = f"{row_id}_audio{k + 1}.wav"
+        noise_seed = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
+        wave = synth_audio(audio, cfg.clip_seconds, seed=noise_seed)
+        if media_dir is None:
+            audios.append({"audio": wave})
+            continue
+        sf.write(media_dir / name, wave, SAMPLING_RATE)
+        audios.append({"path": str(media_dir / name)})
+    return images, audios
 
 
 def render_row(spec: dict, row_id: str, media_dir, cfg: TaskConfig) -> dict:
-    """Write the spec's media under `media_dir` and build its training row (absolute paths)."""
-    media_dir = Path(media_dir).resolve()
-    media_dir.mkdir(parents=True, exist_ok=True)
-    image_paths, audio_paths = _write_media(spec, row_id, media_dir, cfg)
+    """Build the spec's training row: its media written under `media_dir` (absolute paths in the row), or, with
+    `media_dir=None`, kept in memory (PIL images in `images`, 16 kHz float32 waveforms in the audio parts'
+    `audio`), for streaming fresh rows into training without touching the disk."""
+    if media_dir is not None:
+        media_dir = Path(media_dir).resolve()
+        media_dir.mkdir(parents=True, exist_ok=True)
+    image_paths, audio_payloads = _write_media(spec, row_id, media_dir, cfg)
     language, messages, qtypes, answers = spec["language"], [], [], []
     for turn in spec["turns"]:
-        parts = [{"type": "image"} if kind == "image" else {"type": "audio", "path": audio_paths[i]}
+        parts = [{"type": "image"} if kind == "image" else {"type": "audio", **audio_payloads[i]}
                  for kind, i in turn["new"]]
         qtype = QUESTION_TYPES[turn["qtype"]]
         media = [spec["images"][i] if kind == "image" else spec["audios"][i] for kind, i in zip(qtype.refs, turn["refs"])]
@@ -152,16 +170,18 @@ def render_row(spec: dict, row_id: str, media_dir, cfg: TaskConfig) -> dict:
 
 
 def alignment_row(rng: random.Random, row_id: str, media_dir, cfg: TaskConfig) -> dict:
-    """A stage-1 pair: one image (caption) or one clip (description), in one language."""
+    """A stage-1 pair: one image (caption) or one clip (description), in one language; media written under
+    `media_dir`, or kept in memory when it is None (as in `render_row`)."""
     language = rng.choice(list(cfg.languages))
     is_image = rng.random() < 0.5
     spec = {"language": language, "turns": [],
             "images": [sample_image_spec(rng)] if is_image else [],
             "audios": [] if is_image else [sample_audio_spec(rng)]}
-    media_dir = Path(media_dir).resolve()
-    media_dir.mkdir(parents=True, exist_ok=True)
-    image_paths, audio_paths = _write_media(spec, row_id, media_dir, cfg)
-    part = {"type": "image"} if is_image else {"type": "audio", "path": audio_paths[0]}
+    if media_dir is not None:
+        media_dir = Path(media_dir).resolve()
+        media_dir.mkdir(parents=True, exist_ok=True)
+    image_paths, audio_payloads = _write_media(spec, row_id, media_dir, cfg)
+    part = {"type": "image"} if is_image else {"type": "audio", **audio_payloads[0]}
     text = describe_image(spec["images"][0], language) if is_image else describe_audio(spec["audios"][0], language)
     return {"id": row_id, "messages": [{"role": "user", "content": [part]},
                                        {"role": "assistant", "content": [{"type": "text", "text": text}]}],
@@ -214,5 +234,5 @@ def write_synthetic(out_dir, n_train: int, n_test: int, seed: int = 0, cfg: Task
     return written
 
 
-__all__ = ["TaskConfig", "sample_conversation", "sample_split", "render_row", "alignment_row", "write_synthetic",
+__all__ = ["TaskConfig", "sample_conversation", "iter_split", "sample_split", "render_row", "alignment_row", "write_synthetic",
            "signature", "split_of", "ImageSpec", "AudioSpec"]

@@ -178,6 +178,19 @@ def test_evaluator_random_is_near_chance():
         assert abs(r["accuracy"] - r["chance"]) < 4 * (r["chance"] * (1 - r["chance"]) / r["n"]) ** 0.5 + 0.01, qtype
 
 
+def test_majority_baseline_is_what_a_constant_answer_per_language_scores():
+    rows = [{"qtypes": ["image_image_colour"] * 4, "answers": ["no", "no", "no", "yes"], "language": "en"},
+            {"qtypes": ["image_image_colour"] * 2, "answers": ["tidak", "ya"], "language": "ms"},
+            {"qtypes": ["image_colour"] * 2, "answers": ["red", "blue"], "language": "en"}]
+    constant = [["no"] * 4, ["tidak"] * 2, ["red"] * 2]
+    result = evaluate(rows, predictions=constant)
+    same = result["per_type"]["image_image_colour"]
+    assert same["majority"] == pytest.approx(4 / 6) == pytest.approx(same["accuracy"])  # "no"/"tidak" both count
+    assert result["cross_media"]["majority"] == pytest.approx(4 / 6)
+    assert result["single_media"]["majority"] == pytest.approx(1 / 2)
+    assert result["overall"]["majority"] == pytest.approx(5 / 8) == pytest.approx(result["overall"]["accuracy"])
+
+
 def test_evaluator_rejects_misaligned_predictions(written):
     rows = _rows(written["test"])[:2]
     with pytest.raises(ValueError, match="expected one list per row"):
