@@ -38,6 +38,7 @@ class DemoSettings:
     stage1_lr: float = 3e-3
     stage2_lr: float = 2e-3
     curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
+    caption_share: float = 0.1  # and keeps this share of caption rows all along
     warmup_steps: int = 20
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
     reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
@@ -309,7 +310,8 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
                           settings.stage1_fraction * budget, seed)
     clock.lap("stage 1")
     _say(clock, "stage 2: projectors + LLM, on a stream of fresh multi-turn chats, easy ones first (TRL SFTTrainer)")
-    stream = stream_dataset(seed, settings.batch_size, curriculum_rows=settings.curriculum_steps * settings.batch_size)
+    stream = stream_dataset(seed, settings.batch_size, curriculum_rows=settings.curriculum_steps * settings.batch_size,
+                            caption_share=settings.caption_share)
     stage2, steps2 = _train_stage(model, processor, stream, 2, out, settings, settings.stage2_lr,
                                   clock.left() - settings.reserve_seconds, seed)
     clock.lap("stage 2")

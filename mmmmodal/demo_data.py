@@ -107,7 +107,7 @@ def to_dataset(rows: list[dict], tokenizer=None) -> Dataset:
                                "length": approximate_length(r, tokenizer)} for r in rows])
 
 
-def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0):
+def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0, caption_share: float = 0.0):
     """Fresh training rows forever (full rows: `messages`, `images`, `qtypes`, `answers`, `media`, ...), media in
     memory, in length-grouped order. See `stream_dataset` for the arguments."""
     if batch_size < 1 or group < 1:
@@ -121,7 +121,9 @@ def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int
         rows = []
         for _ in range(batch_size * group):
             row_id = f"stream-{seed}-{count:08d}"
-            if curriculum_rows and rng.random() < 1.0 - count / curriculum_rows:  # an easy row
+            if rng.random() < caption_share:
+                rows.append(label_media(alignment_row(rng, row_id, None, cfg)))
+            elif curriculum_rows and rng.random() < 1.0 - count / curriculum_rows:  # an easy row
                 if rng.random() < 0.5:
                     rows.append(label_media(alignment_row(rng, row_id, None, cfg)))
                 else:
@@ -141,7 +143,8 @@ def _trl_rows(**kwargs):
         yield {"messages": row["messages"], "images": row["images"]}
 
 
-def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0) -> IterableDataset:
+def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0,
+                   caption_share: float = 0.0) -> IterableDataset:
     """An endless stream of fresh training conversations for TRL (`datasets.IterableDataset`, TRL's vision form).
 
     Every row is new (the task's train split, seeded by `seed`; a conversation of the held-out split is never
@@ -153,9 +156,12 @@ def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: 
     - `curriculum_rows`: the first rows are mostly easy ones, half captions ("Picture 1: <image>" -> "two red
       circles") and half conversations with at most one image and one clip (no "which picture?" lookup); their
       share falls linearly from 1 to 0 over that many rows.
+    - `caption_share`: besides, this share of all rows are captions, all along: every caption names a picture's
+      colour, shape and count (or a clip's count and pitch) at once, which keeps the naming questions learning.
     """
     return IterableDataset.from_generator(_trl_rows, gen_kwargs={
-        "seed": seed, "batch_size": batch_size, "group": group, "curriculum_rows": curriculum_rows})
+        "seed": seed, "batch_size": batch_size, "group": group, "curriculum_rows": curriculum_rows,
+        "caption_share": caption_share})
 
 
 __all__ = ["stream_dataset", "stream_rows", "task_config", "tokenizer_corpus", "label_media", "read_rows", "make_data", "to_dataset", "approximate_length", "LABELS"]

@@ -102,6 +102,15 @@ def test_curriculum_starts_easy_and_ends_with_the_full_task():
     assert max(len(r["images"]) for r in late) == 3
 
 
+def test_caption_share_keeps_captions_after_the_curriculum():
+    rows = _take(3000, seed=1, batch_size=BATCH, curriculum_rows=500, caption_share=0.1)
+    late = rows[1024:]
+    share = sum("qtypes" not in r for r in late) / len(late)
+    assert 0.07 < share < 0.13
+    captions = [r for r in late if "qtypes" not in r]
+    assert all(len(r["messages"]) == 2 and len(_media_parts(r)) == 1 for r in captions)
+
+
 def test_stream_dataset_feeds_trl_columns():
     first = next(iter(stream_dataset(0, BATCH)))
     assert set(first) == {"messages", "images"}
