@@ -31,6 +31,9 @@ def test_report_json_has_the_required_keys(demo_out):
         assert 0.0 <= value <= 1.0
         assert report["chance"][qtype] == pytest.approx(1 / len(QUESTION_TYPES[qtype].space("en")))
     assert 0.0 <= report["single_media"] <= 1.0 and 0.0 <= report["cross_media"] <= 1.0
+    assert set(report["majority"]) == set(report["accuracy"])  # the no-media baseline, per type and overall
+    assert all(0.0 < v <= 1.0 for v in report["majority"].values())
+    assert 0.0 < report["majority_single_media"] <= 1.0 and 0.0 < report["majority_cross_media"] <= 1.0
     assert 0.0 < report["minutes"] < 10.0
     assert report["quick"] is True
 
@@ -47,6 +50,7 @@ def test_markdown_states_the_numbers(demo_out):
     text = (demo_out / "report.md").read_text()
     assert f"single-media {report['single_media']:.3f}" in text
     assert f"cross-media {report['cross_media']:.3f}" in text
+    assert f"majority answer {report['majority_cross_media']:.3f}" in text
     assert f"{report['minutes']:.2f} minutes" in text
     assert "report.png" in text
     assert "stand-in for the pretrained" in text  # stage 0 is labelled for what it is
