@@ -64,6 +64,13 @@ class CachingCollator:
         return batch
 
 
+def length_batches(items: list, length, batch_size: int) -> list[list]:
+    """`items` sorted by `length(item)` (stable) and cut into consecutive batches of `batch_size` (the last may be
+    short): one group of similar-length batches."""
+    ordered = sorted(items, key=length)
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
 class ShuffledLengthBatches(Sampler):
     """Batches of similar length, in random order: less padding without a long-to-short drift within an epoch.
 
@@ -87,12 +94,11 @@ class ShuffledLengthBatches(Sampler):
         size = self.batch_size * self.group
         batches = []
         for start in range(0, len(order), size):
-            chunk = sorted(order[start : start + size], key=lambda i: self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += length_batches(order[start : start + size], self.lengths.__getitem__, self.batch_size)
         full = [b for b in batches if len(b) == self.batch_size]
         rng.shuffle(full)
         rest = [i for b in batches if len(b) < self.batch_size for i in b]  # at most one short batch, kept last
         return iter([i for b in full for i in b] + rest)
 
 
-__all__ = ["CachingCollator", "ShuffledLengthBatches", "project_collator"]
+__all__ = ["CachingCollator", "ShuffledLengthBatches", "length_batches", "project_collator"]

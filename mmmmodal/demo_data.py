@@ -17,6 +17,7 @@ from pathlib import Path
 
 from datasets import Dataset, IterableDataset
 
+from mmmmodal.demo_collate import length_batches
 from processing.synthetic_media import COLOURS, NUMBER_WORDS, PITCHES, SHAPES
 from processing.synthetic_questions import MORE, QUESTION_TYPES, YES_NO
 from processing.synthetic_task import TaskConfig, alignment_row, iter_split, render_row, write_synthetic
@@ -121,18 +122,17 @@ def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int
         rows = []
         for _ in range(batch_size * group):
             row_id = f"stream-{seed}-{count:08d}"
-            if rng.random() < caption_share:
-                rows.append(label_media(alignment_row(rng, row_id, None, cfg)))
-            elif curriculum_rows and rng.random() < 1.0 - count / curriculum_rows:  # an easy row
-                if rng.random() < 0.5:
-                    rows.append(label_media(alignment_row(rng, row_id, None, cfg)))
-                else:
-                    rows.append(label_media(render_row(next(simple_specs), row_id, None, cfg)))
+            caption = rng.random() < caption_share
+            easy = not caption and curriculum_rows and rng.random() < 1.0 - count / curriculum_rows
+            if easy:  # half captions, half chats with at most one picture and one clip
+                caption = rng.random() < 0.5
+            if caption:
+                row = alignment_row(rng, row_id, None, cfg)
             else:
-                rows.append(label_media(render_row(next(specs), row_id, None, cfg)))
+                row = render_row(next(simple_specs if easy else specs), row_id, None, cfg)
+            rows.append(label_media(row))
             count += 1
-        rows.sort(key=approximate_length)
-        batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        batches = length_batches(rows, approximate_length, batch_size)
         rng.shuffle(batches)
         for batch in batches:
             yield from batch

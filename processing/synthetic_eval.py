@@ -90,7 +90,7 @@ def evaluate(rows, answer_fn=None, predictions=None) -> dict:
     for name in ("single_media", "cross_media", "overall"):
         members = [q for q in by_type if name == "overall" or QUESTION_TYPES[q].cross == (name == "cross_media")]
         result[name] = _summary(groups[name])
-        n = sum(len(by_type[q]) for q in members)
+        n = result[name]["n"]
         result[name]["majority"] = sum(majority_hits[q] for q in members) / n if n else float("nan")
     return result
 

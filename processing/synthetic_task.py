@@ -119,9 +119,13 @@ def sample_split(n: int, seed: int, split: str, cfg: TaskConfig) -> list:
     return [next(stream) for _ in range(n)]
 
 
-def _write_media(spec: dict, row_id: str, media_dir: Path | None, cfg: TaskConfig):
+def _write_media(spec: dict, row_id: str, media_dir, cfg: TaskConfig):
     """(images, audio parts' payloads): files under `media_dir` (paths), or objects in memory when it is None
-    (PIL images, `{"audio": waveform}`). The same spec and row id give the same pixels and samples either way."""
+    (PIL images, `{"audio": waveform}`). The same spec and row id give the same pixels and samples either way.
+    Paths are absolute; the folder is created when missing."""
+    if media_dir is not None:
+        media_dir = Path(media_dir).resolve()
+        media_dir.mkdir(parents=True, exist_ok=True)
     images, audios = [], []
     for k, image in enumerate(spec["images"]):
         picture = draw_image(image, cfg.image_size)
@@ -147,9 +151,6 @@ def render_row(spec: dict, row_id: str, media_dir, cfg: TaskConfig) -> dict:
     """Build the spec's training row: its media written under `media_dir` (absolute paths in the row), or, with
     `media_dir=None`, kept in memory (PIL images in `images`, 16 kHz float32 waveforms in the audio parts'
     `audio`), for streaming fresh rows into training without touching the disk."""
-    if media_dir is not None:
-        media_dir = Path(media_dir).resolve()
-        media_dir.mkdir(parents=True, exist_ok=True)
     image_paths, audio_payloads = _write_media(spec, row_id, media_dir, cfg)
     language, messages, qtypes, answers = spec["language"], [], [], []
     for turn in spec["turns"]:
@@ -177,9 +178,6 @@ def alignment_row(rng: random.Random, row_id: str, media_dir, cfg: TaskConfig) -
     spec = {"language": language, "turns": [],
             "images": [sample_image_spec(rng)] if is_image else [],
             "audios": [] if is_image else [sample_audio_spec(rng)]}
-    if media_dir is not None:
-        media_dir = Path(media_dir).resolve()
-        media_dir.mkdir(parents=True, exist_ok=True)
     image_paths, audio_payloads = _write_media(spec, row_id, media_dir, cfg)
     part = {"type": "image"} if is_image else {"type": "audio", **audio_payloads[0]}
     text = describe_image(spec["images"][0], language) if is_image else describe_audio(spec["audios"][0], language)

@@ -65,8 +65,8 @@ def test_in_memory_media_equal_the_written_files(tmp_path):
     assert memory["messages"][-1] == files["messages"][-1] and memory["answers"] == files["answers"]
     for image, path in zip(memory["images"], files["images"]):
         assert np.array_equal(np.asarray(image), np.asarray(Image.open(path).convert("RGB")))
-    clips = [p for m in memory["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "audio"]
-    paths = [p for m in files["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "audio"]
+    clips = [p for p in _media_parts(memory) if p["type"] == "audio"]
+    paths = [p for p in _media_parts(files) if p["type"] == "audio"]
     for clip, path in zip(clips, paths):
         written, rate = sf.read(path["path"], dtype="float32")
         assert rate == 16_000 and np.abs(written - clip["audio"]).max() < 1e-4  # 16-bit PCM rounding only
