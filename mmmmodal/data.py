@@ -180,7 +180,7 @@ def run_synthetic(args) -> int:
     from processing.synthetic_task import TaskConfig, write_synthetic
 
     cfg = TaskConfig(args.image_size, args.clip_seconds, args.max_images, args.max_audios, args.max_turns,
-                     tuple(args.languages.split(",")))
+                     tuple(args.languages.split(",")), explain_comparisons=not args.one_word_comparisons)
     return _dump(write_synthetic(args.out, args.train, args.test, args.seed, cfg, args.alignment))
 
 
@@ -266,6 +266,8 @@ def _register_offline(sub, fmt):
     p.add_argument("--max-audios", type=int, default=3)
     p.add_argument("--max-turns", type=int, default=4)
     p.add_argument("--languages", default="en,ms")
+    p.add_argument("--one-word-comparisons", action="store_true",
+                   help='answer comparisons with the verdict alone ("yes") instead of "3, 2: yes"')
     p.set_defaults(func=run_synthetic)
 
 

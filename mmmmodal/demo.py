@@ -39,6 +39,7 @@ class DemoSettings:
     stage2_lr: float = 2e-3
     curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
     caption_share: float = 0.1  # and keeps this share of caption rows all along
+    text_share: float = 0.2  # share of conversations given as text only (media replaced by their descriptions)
     warmup_steps: int = 20
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
     reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
@@ -311,7 +312,7 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
     clock.lap("stage 1")
     _say(clock, "stage 2: projectors + LLM, on a stream of fresh multi-turn chats, easy ones first (TRL SFTTrainer)")
     stream = stream_dataset(seed, settings.batch_size, curriculum_rows=settings.curriculum_steps * settings.batch_size,
-                            caption_share=settings.caption_share)
+                            caption_share=settings.caption_share, text_share=settings.text_share)
     stage2, steps2 = _train_stage(model, processor, stream, 2, out, settings, settings.stage2_lr,
                                   clock.left() - settings.reserve_seconds, seed)
     clock.lap("stage 2")
@@ -348,7 +349,10 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
         "data": {"summary": (f"stage 2 trained on a stream of fresh conversations ({steps2 * settings.batch_size:,} "
                              f"seen, none twice), scored on {settings.n_test} held-out ones "
                              f"(English and Malay, 1-4 turns, 0-3 images and 0-3 clips each), "
-                             f"{settings.n_alignment} caption pairs for stage 1; media labelled "
+                             f"{settings.n_alignment} caption pairs for stage 1; {settings.text_share:.0%} of the "
+                             "stage-2 conversations given as text only (every media item replaced by its "
+                             "description), comparisons answered with both items' attribute and the verdict "
+                             "(\"3, 2: yes\"); media labelled "
                              "'Picture k:' / 'Audio k:'; question mix (relative weights of the question types, "
                              "the same for train and held-out): "
                              + ", ".join(f"{k} {v:g}" for k, v in weights.items())),

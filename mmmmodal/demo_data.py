@@ -18,8 +18,9 @@ from pathlib import Path
 from datasets import Dataset, IterableDataset
 
 from mmmmodal.demo_collate import length_batches
-from processing.synthetic_media import COLOURS, NUMBER_WORDS, PITCHES, SHAPES
-from processing.synthetic_questions import MORE, QUESTION_TYPES, YES_NO
+from processing.synthetic_media import (COLOURS, NUMBER_WORDS, PITCHES, SHAPES, AudioSpec, ImageSpec, describe_audio,
+                                        describe_image)
+from processing.synthetic_questions import ATTRIBUTES, MORE, QUESTION_TYPES, YES_NO
 from processing.synthetic_task import TaskConfig, alignment_row, iter_split, render_row, write_synthetic
 
 logger = logging.getLogger(__name__)
@@ -55,24 +56,47 @@ def tokenizer_corpus(cfg: TaskConfig) -> list[str]:
     # every answer is one token (a byte-level BPE word at a line start has no leading-space marker).
     answers = {a for q in QUESTION_TYPES.values() for language in cfg.languages for a in q.space(language)}
     lines += sorted(answers)
+    for qtype in (q for q in QUESTION_TYPES.values() if q.cross):  # explained comparisons: "3, 2: yes"
+        for language in cfg.languages:
+            values = ATTRIBUTES[qtype.compared][1](language)
+            lines += [f"{a}, {b}: {verdict}" for a in values for b in values for verdict in qtype.space(language)]
     return lines * 4  # repetition only raises merge counts; the content is the same
 
 
-def label_media(row: dict) -> dict:
-    """Put "Picture k:" / "Audio k:" (in the row's language) before every media part of the row's messages."""
-    labels, counters, messages = LABELS[row.get("language", "en")], {"image": 0, "audio": 0}, []
+def label_media(row: dict, as_text: bool = False) -> dict:
+    """Put "Picture k:" / "Audio k:" (in the row's language) before every media part of the row's messages.
+
+    `as_text`: replace every media part by its description instead ("Picture 2: three red circles."), from the
+    row's `media` attributes: the same conversation for the language model alone (no images, no audio).
+    """
+    language = row.get("language", "en")
+    labels, counters, messages = LABELS[language], {"image": 0, "audio": 0}, []
     for message in row["messages"]:
         content = message["content"]
         if isinstance(content, list):
             new = []
             for part in content:
-                if part.get("type") in counters:
-                    counters[part["type"]] += 1
-                    new.append({"type": "text", "text": labels[part["type"]].format(n=counters[part["type"]])})
+                kind = part.get("type")
+                if kind in counters:
+                    counters[kind] += 1
+                    label = labels[kind].format(n=counters[kind])
+                    if as_text:
+                        part = {"type": "text", "text": f"{label} {_describe(row, kind, counters[kind] - 1)}. "}
+                    else:
+                        new.append({"type": "text", "text": label})
                 new.append(part)
             content = new
         messages.append({**message, "content": content})
+    if as_text:
+        return {**row, "messages": messages, "images": [], "text_only": True}
     return {**row, "messages": messages}
+
+
+def _describe(row: dict, kind: str, index: int) -> str:
+    if kind == "image":
+        spec = row["media"]["images"][index]
+        return describe_image(ImageSpec(**{**spec, "cells": tuple(spec["cells"])}), row.get("language", "en"))
+    return describe_audio(AudioSpec(**row["media"]["audios"][index]), row.get("language", "en"))
 
 
 def read_rows(path) -> list[dict]:
@@ -108,7 +132,8 @@ def to_dataset(rows: list[dict], tokenizer=None) -> Dataset:
                                "length": approximate_length(r, tokenizer)} for r in rows])
 
 
-def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0, caption_share: float = 0.0):
+def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0, caption_share: float = 0.0,
+                text_share: float = 0.0):
     """Fresh training rows forever (full rows: `messages`, `images`, `qtypes`, `answers`, `media`, ...), media in
     memory, in length-grouped order. See `stream_dataset` for the arguments."""
     if batch_size < 1 or group < 1:
@@ -127,10 +152,10 @@ def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int
             if easy:  # half captions, half chats with at most one picture and one clip
                 caption = rng.random() < 0.5
             if caption:
-                row = alignment_row(rng, row_id, None, cfg)
+                rows.append(label_media(alignment_row(rng, row_id, None, cfg)))
             else:
                 row = render_row(next(simple_specs if easy else specs), row_id, None, cfg)
-            rows.append(label_media(row))
+                rows.append(label_media(row, as_text=rng.random() < text_share))
             count += 1
         batches = length_batches(rows, approximate_length, batch_size)
         rng.shuffle(batches)
@@ -144,7 +169,7 @@ def _trl_rows(**kwargs):
 
 
 def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0,
-                   caption_share: float = 0.0) -> IterableDataset:
+                   caption_share: float = 0.0, text_share: float = 0.0) -> IterableDataset:
     """An endless stream of fresh training conversations for TRL (`datasets.IterableDataset`, TRL's vision form).
 
     Every row is new (the task's train split, seeded by `seed`; a conversation of the held-out split is never

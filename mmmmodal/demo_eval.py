@@ -90,7 +90,7 @@ def _with_paths(messages, image_paths):
 
 
 @torch.no_grad()
-def chat(model, processor, row, max_new_tokens: int = 8) -> list[dict]:
+def chat(model, processor, row, max_new_tokens: int = 16) -> list[dict]:
     """Answer a conversation turn by turn with `generate`, feeding back the model's own answers.
 
     Returns one {"question", "answer", "expected", "qtype"} per user turn.

@@ -84,6 +84,10 @@ def report_json(result: dict, minutes: float, extra: dict) -> dict:
         "majority": {t: r["majority"] for t, r in result["per_type"].items()},
         "majority_single_media": result["single_media"]["majority"],
         "majority_cross_media": result["cross_media"]["majority"],
+        "verdict_accuracy": {t: r["verdict_accuracy"] for t, r in result["per_type"].items() if _is_cross(t, result)},
+        "verdict_majority": {t: r["verdict_majority"] for t, r in result["per_type"].items() if _is_cross(t, result)},
+        "verdict_cross_media": result["cross_media"]["verdict_accuracy"],
+        "verdict_majority_cross_media": result["cross_media"]["verdict_majority"],
         "goal": GOALS,
         "goal_met": {g: result[g]["accuracy"] >= v for g, v in GOALS.items()},
         "minutes": minutes,
@@ -101,7 +105,11 @@ def markdown(report: dict, result: dict, transcript: list, png_name: str) -> str
         f"answer {report['majority_single_media']:.3f}), **cross-media {report['cross_media']:.3f}** (goal 0.8, "
         f"{'met' if met['cross_media'] else 'not met'}; chance {report['chance_cross_media']:.3f}, majority answer "
         f"{report['majority_cross_media']:.3f}), overall {report['overall']:.3f}. (Majority answer: always giving "
-        "the most frequent answer of the question type in the row's language, without looking at the media.)",
+        "the most frequent answer of the question type in the row's language, without looking at the media.) "
+        "A comparison counts as right only when its whole explained answer is (\"3, 2: yes\": both items' "
+        "attribute and the verdict). Diagnostic, not an answer score: after the reference values (teacher "
+        f"forcing), the verdict is right {report['verdict_cross_media']:.3f} of the time (always giving the most "
+        f"frequent verdict: {report['verdict_majority_cross_media']:.3f}).",
         f"Wall time: **{report['minutes']:.2f} minutes** for the whole command, with {report['threads']} torch "
         f"thread(s) training and {report['settings']['workers']} data-collation worker process(es), on a machine "
         f"with {report['cpus']} CPU cores (1-minute load average {report['load_average'][0]:.1f} at the start, "
@@ -122,15 +130,20 @@ def markdown(report: dict, result: dict, transcript: list, png_name: str) -> str
         "",
         "## Held-out accuracy per question type",
         "",
-        "| question type | kind | n | accuracy | chance | majority answer |",
-        "|---|---|---:|---:|---:|---:|",
+        "| question type | kind | n | accuracy | chance | majority answer | verdict after the reference values "
+        "| majority verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for qtype, r in result["per_type"].items():
         kind = "cross" if _is_cross(qtype, result) else "single"
-        lines.append(f"| {qtype} | {kind} | {r['n']} | {r['accuracy']:.3f} | {r['chance']:.3f} | {r['majority']:.3f} |")
+        verdict = f"{r['verdict_accuracy']:.3f} | {r['verdict_majority']:.3f}" if kind == "cross" else " | "
+        lines.append(f"| {qtype} | {kind} | {r['n']} | {r['accuracy']:.3f} | {r['chance']:.3f} | {r['majority']:.3f} "
+                     f"| {verdict} |")
     for group in ("single_media", "cross_media", "overall"):
         r = result[group]
-        lines.append(f"| **{group}** | | {r['n']} | **{r['accuracy']:.3f}** | {r['chance']:.3f} | |")
+        verdict = f"{r['verdict_accuracy']:.3f} | {r['verdict_majority']:.3f}" if group == "cross_media" else " | "
+        lines.append(f"| **{group}** | | {r['n']} | **{r['accuracy']:.3f}** | {r['chance']:.3f} | {r['majority']:.3f} "
+                     f"| {verdict} |")
     lines += ["", "## One conversation with two images and two audio clips (reloaded checkpoint, `generate`)", "",
               f"Checkpoint: `{report['checkpoint']}`, reloaded with `trust_remote_code=True` "
               f"(max |logit difference| vs the in-memory model: {report['reload_max_abs_diff']:.2e}).", ""]

@@ -1,9 +1,16 @@
 """Question types of the synthetic task: wording (English / Malay), answer, answer space.
 
 Every type names the media it needs (`refs`, e.g. ("image", "image")), so a question is only asked
-about media already shown. Answers are one word: a colour, shape or pitch name in the question's
-language, a digit for counts, yes/no ("ya"/"tidak"), or for "which has more" picture/audio/same
-("gambar"/"audio"/"sama").
+about media already shown. Single-media answers are one word: a colour, shape or pitch name in the
+question's language, or a digit for counts. A comparison's *verdict* is yes/no ("ya"/"tidak"), or for
+"which has more" picture/audio/same ("gambar"/"audio"/"sama"); its reference answer, by default, first
+names the compared attribute of each item and then gives the verdict: "3, 2: yes", "merah, biru: tidak"
+(`reference_answer`). That is the paper's relationship data in checkable form (its answers say what
+each item is before relating them), and it is what a small model can learn: on the demo's tiny LM with
+the two pictures given as captions (notes/scripts/text_only_probe.py, notes/demo.md round 4), the one-word
+"more shapes?" verdict is right 0.71 of the time after 3,000 steps (always "no": 0.62), while the
+explained answer is exact, every token, on all 600 held-out questions from step 1,250. Rows also carry
+the one-word verdicts (`verdicts`); `TaskConfig(explain_comparisons=False)` gives one-word answers.
 """
 
 from dataclasses import dataclass
@@ -18,8 +25,9 @@ class QuestionType:
     refs: tuple  # media kinds referred to, in order: "image" / "audio"
     cross: bool  # compares two media items
     templates: dict  # language -> str.format template over a, b
-    answer: Callable  # (specs, language) -> str
-    space: Callable  # language -> list of possible answers
+    answer: Callable  # (specs, language) -> str: the one-word answer (a comparison's verdict)
+    space: Callable  # language -> list of possible one-word answers
+    compared: str | None = None  # comparisons: the attribute compared ("colour", "count", "pitch")
 
 
 YES_NO = {"en": ["yes", "no"], "ms": ["ya", "tidak"]}
@@ -56,6 +64,13 @@ def _counts(language):
     return [str(c) for c in COUNTS]
 
 
+# attribute -> ((spec, language) -> value, language -> possible values)
+ATTRIBUTES = {
+    "colour": (lambda s, lang: _colour(s.colour, lang), lambda lang: _names(COLOURS, lang)),
+    "count": (lambda s, lang: str(s.count), _counts),
+    "pitch": (lambda s, lang: _pitch(s.pitch, lang), lambda lang: _names(PITCHES, lang)),
+}
+
 QUESTION_TYPES = {q.name: q for q in [
     QuestionType("image_colour", ("image",), False,
                  {"en": "What colour are the shapes in picture {a}?", "ms": "Apakah warna bentuk dalam gambar {a}?"},
@@ -76,29 +91,29 @@ QUESTION_TYPES = {q.name: q for q in [
     QuestionType("image_image_colour", ("image", "image"), True,
                  {"en": "Are picture {a} and picture {b} the same colour?",
                   "ms": "Adakah gambar {a} dan gambar {b} sama warna?"},
-                 lambda s, lang: _yes_no(s[0].colour == s[1].colour, lang), lambda lang: YES_NO[lang]),
+                 lambda s, lang: _yes_no(s[0].colour == s[1].colour, lang), lambda lang: YES_NO[lang], "colour"),
     QuestionType("image_image_more", ("image", "image"), True,
                  {"en": "Does picture {a} have more shapes than picture {b}?",
                   "ms": "Adakah gambar {a} ada lebih banyak bentuk daripada gambar {b}?"},
-                 lambda s, lang: _yes_no(s[0].count > s[1].count, lang), lambda lang: YES_NO[lang]),
+                 lambda s, lang: _yes_no(s[0].count > s[1].count, lang), lambda lang: YES_NO[lang], "count"),
     QuestionType("audio_audio_pitch", ("audio", "audio"), True,
                  {"en": "Do audio {a} and audio {b} have the same pitch?",
                   "ms": "Adakah audio {a} dan audio {b} sama nada?"},
-                 lambda s, lang: _yes_no(s[0].pitch == s[1].pitch, lang), lambda lang: YES_NO[lang]),
+                 lambda s, lang: _yes_no(s[0].pitch == s[1].pitch, lang), lambda lang: YES_NO[lang], "pitch"),
     QuestionType("audio_audio_more", ("audio", "audio"), True,
                  {"en": "Does audio {a} have more beeps than audio {b}?",
                   "ms": "Adakah audio {a} ada lebih banyak bip daripada audio {b}?"},
-                 lambda s, lang: _yes_no(s[0].count > s[1].count, lang), lambda lang: YES_NO[lang]),
+                 lambda s, lang: _yes_no(s[0].count > s[1].count, lang), lambda lang: YES_NO[lang], "count"),
     QuestionType("image_audio_same_count", ("image", "audio"), True,
                  {"en": "Does picture {a} have as many shapes as audio {b} has beeps?",
                   "ms": "Adakah bilangan bentuk dalam gambar {a} sama dengan bilangan bip dalam audio {b}?"},
-                 lambda s, lang: _yes_no(s[0].count == s[1].count, lang), lambda lang: YES_NO[lang]),
+                 lambda s, lang: _yes_no(s[0].count == s[1].count, lang), lambda lang: YES_NO[lang], "count"),
     QuestionType("image_audio_more", ("image", "audio"), True,
                  {"en": "Which has more: the shapes in picture {a} or the beeps in audio {b}? "
                         "Answer picture, audio or same.",
                   "ms": "Mana lebih banyak: bentuk dalam gambar {a} atau bip dalam audio {b}? "
                         "Jawab gambar, audio atau sama."},
-                 lambda s, lang: _which_more(s[0], s[1], lang), lambda lang: MORE[lang]),
+                 lambda s, lang: _which_more(s[0], s[1], lang), lambda lang: MORE[lang], "count"),
 ]}
 
 # Counting and cross-media questions are weighted up (DESIGN: they are the hard skills to learn).
@@ -109,6 +124,20 @@ DEFAULT_WEIGHTS = {
 }
 
 
-def chance_level(qtype: str, language: str = "en") -> float:
-    """Accuracy of a uniform guess over the answer space of `qtype`."""
-    return 1.0 / len(QUESTION_TYPES[qtype].space(language))
+def reference_answer(qtype: QuestionType, media: list, language: str, explain: bool = True) -> str:
+    """The answer a row holds: the one-word answer, or for a comparison with `explain`, each item's compared
+    attribute and then the verdict ("3, 2: yes")."""
+    verdict = qtype.answer(media, language)
+    if not (explain and qtype.cross):
+        return verdict
+    value = ATTRIBUTES[qtype.compared][0]
+    return f"{value(media[0], language)}, {value(media[1], language)}: {verdict}"
+
+
+def chance_level(qtype: str, language: str = "en", explained: bool = False) -> float:
+    """Accuracy of a uniform guess over the answer space of `qtype`: its one-word answers, or with `explained`
+    (a comparison's explained answer) the pairs of attribute values, each of which fixes the verdict."""
+    question = QUESTION_TYPES[qtype]
+    if explained and question.cross:
+        return 1.0 / len(ATTRIBUTES[question.compared][1](language)) ** 2
+    return 1.0 / len(question.space(language))

@@ -2,7 +2,8 @@
 
 A conversation is first sampled as a plain spec (media attributes, which turn shows which media,
 one question per turn), then rendered: media files are written and the row is built in the
-training-row form of notes/CONTRACTS.md, plus `qtypes` / `answers` per assistant turn for scoring.
+training-row form of notes/CONTRACTS.md, plus `qtypes` / `answers` / `verdicts` (a
+comparison's one-word verdict inside its explained answer) per assistant turn for scoring.
 
 Train/test: rows come from a seeded stream (`seed` for train, `seed + 1` for test by default), and
 a conversation whose attribute-level signature (media attributes, media order, questions,
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .synthetic_media import (SAMPLING_RATE, AudioSpec, ImageSpec, describe_audio, describe_image, draw_image,
                               sample_audio_spec, sample_image_spec, synth_audio)
-from .synthetic_questions import DEFAULT_WEIGHTS, QUESTION_TYPES
+from .synthetic_questions import DEFAULT_WEIGHTS, QUESTION_TYPES, reference_answer
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -40,6 +41,7 @@ class TaskConfig:
     max_turns: int = 4
     languages: tuple = ("en", "ms")
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    explain_comparisons: bool = True  # "3, 2: yes" rather than "yes" (synthetic_questions.reference_answer)
 
 
 def _intro_turns(rng, n_media: int, n_turns: int) -> list:
@@ -152,7 +154,7 @@ def render_row(spec: dict, row_id: str, media_dir, cfg: TaskConfig) -> dict:
     `media_dir=None`, kept in memory (PIL images in `images`, 16 kHz float32 waveforms in the audio parts'
     `audio`), for streaming fresh rows into training without touching the disk."""
     image_paths, audio_payloads = _write_media(spec, row_id, media_dir, cfg)
-    language, messages, qtypes, answers = spec["language"], [], [], []
+    language, messages, qtypes, answers, verdicts = spec["language"], [], [], [], []
     for turn in spec["turns"]:
         parts = [{"type": "image"} if kind == "image" else {"type": "audio", **audio_payloads[i]}
                  for kind, i in turn["new"]]
@@ -160,13 +162,14 @@ def render_row(spec: dict, row_id: str, media_dir, cfg: TaskConfig) -> dict:
         media = [spec["images"][i] if kind == "image" else spec["audios"][i] for kind, i in zip(qtype.refs, turn["refs"])]
         numbers = dict(zip("ab", [i + 1 for i in turn["refs"]]))
         parts.append({"type": "text", "text": qtype.templates[language].format(**numbers)})
-        answer = qtype.answer(media, language)
+        answer = reference_answer(qtype, media, language, cfg.explain_comparisons)
         messages += [{"role": "user", "content": parts},
                      {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
         qtypes.append(qtype.name)
         answers.append(answer)
+        verdicts.append(qtype.answer(media, language))
     return {"id": row_id, "messages": messages, "images": image_paths, "qtypes": qtypes, "answers": answers,
-            "language": language, "media": {"images": [s.to_dict() for s in spec["images"]],
+            "verdicts": verdicts, "language": language, "media": {"images": [s.to_dict() for s in spec["images"]],
                                              "audios": [s.to_dict() for s in spec["audios"]]}}
 
 

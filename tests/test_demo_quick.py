@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from mmmmodal.cli import main
-from processing.synthetic_questions import QUESTION_TYPES
+from processing.synthetic_questions import QUESTION_TYPES, chance_level
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,16 @@ def test_report_json_has_the_required_keys(demo_out):
     assert set(report["accuracy"]) <= set(QUESTION_TYPES)
     for qtype, value in report["accuracy"].items():
         assert 0.0 <= value <= 1.0
-        assert report["chance"][qtype] == pytest.approx(1 / len(QUESTION_TYPES[qtype].space("en")))
+        question = QUESTION_TYPES[qtype]  # comparisons are explained ("3, 2: yes"): chance over value pairs
+        assert report["chance"][qtype] == pytest.approx(chance_level(qtype, "en", explained=question.cross))
     assert 0.0 <= report["single_media"] <= 1.0 and 0.0 <= report["cross_media"] <= 1.0
     assert set(report["majority"]) == set(report["accuracy"])  # the no-media baseline, per type and overall
     assert all(0.0 < v <= 1.0 for v in report["majority"].values())
     assert 0.0 < report["majority_single_media"] <= 1.0 and 0.0 < report["majority_cross_media"] <= 1.0
+    cross = {q for q in report["accuracy"] if QUESTION_TYPES[q].cross}  # the verdict alone, for comparisons
+    assert set(report["verdict_accuracy"]) == set(report["verdict_majority"]) == cross
+    assert all(report["verdict_accuracy"][q] >= report["accuracy"][q] for q in cross)
+    assert 0.0 < report["verdict_majority_cross_media"] <= 1.0
     assert 0.0 < report["minutes"] < 10.0
     assert report["quick"] is True
 
@@ -51,6 +56,7 @@ def test_markdown_states_the_numbers(demo_out):
     assert f"single-media {report['single_media']:.3f}" in text
     assert f"cross-media {report['cross_media']:.3f}" in text
     assert f"majority answer {report['majority_cross_media']:.3f}" in text
+    assert f"the verdict is right {report['verdict_cross_media']:.3f}" in text
     assert f"{report['minutes']:.2f} minutes" in text
     assert "report.png" in text
     assert "stand-in for the pretrained" in text  # stage 0 is labelled for what it is

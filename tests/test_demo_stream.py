@@ -120,3 +120,32 @@ def test_stream_dataset_feeds_trl_columns():
 def test_stream_refuses_a_bad_batch_size(bad):
     with pytest.raises(ValueError, match="batch_size"):
         next(stream_rows(seed=0, batch_size=bad))
+
+
+def test_text_share_gives_whole_conversations_as_text():
+    from processing.synthetic_media import AudioSpec, ImageSpec, describe_audio, describe_image
+
+    rows = _take(2000, seed=2, batch_size=BATCH, text_share=0.25)
+    text = [r for r in rows if r.get("text_only")]
+    assert 0.21 < len(text) / len(rows) < 0.29
+    labels = {"en": ("Picture", "Audio"), "ms": ("Gambar", "Audio")}
+    for row in text:
+        assert not _media_parts(row) and row["images"] == [] and row["qtypes"]
+        said = " ".join(p["text"] for m in row["messages"] if m["role"] == "user" for p in m["content"])
+        picture, clip = labels[row["language"]]
+        for k, spec in enumerate(row["media"]["images"], 1):  # every item, labelled, with what it shows
+            spec = ImageSpec(**{**spec, "cells": tuple(spec["cells"])})
+            assert f"{picture} {k}: {describe_image(spec, row['language'])}." in said
+        for k, spec in enumerate(row["media"]["audios"], 1):
+            assert f"{clip} {k}: {describe_audio(AudioSpec(**spec), row['language'])}." in said
+    # The text version is the same conversation: same turns, same answers, media parts swapped for text.
+    row = render_row(sample_split(1, 4, "train", task_config())[0], "t", None, task_config())
+    plain, as_text = label_media(row), label_media(row, as_text=True)
+    assert [m["role"] for m in plain["messages"]] == [m["role"] for m in as_text["messages"]]
+    assert [m["content"] for m in plain["messages"] if m["role"] == "assistant"] == \
+           [m["content"] for m in as_text["messages"] if m["role"] == "assistant"]
+    media_per_message = [sum(p["type"] in ("image", "audio") for p in m["content"]) for m in plain["messages"]]
+    assert sum(media_per_message) == len(row["media"]["images"]) + len(row["media"]["audios"]) > 0
+    # a label part + a media part each become one text part
+    assert [len(m["content"]) for m in as_text["messages"]] == [
+        len(m["content"]) - n for m, n in zip(plain["messages"], media_per_message)]

@@ -8,6 +8,7 @@ import pytest
 
 from _fixtures_processing import write_clips, write_images
 from processing.convert import convert_records, load_records, record_to_row, to_dataset
+from processing.synthetic_questions import QUESTION_TYPES
 
 
 @pytest.fixture()
@@ -121,5 +122,11 @@ def test_cli_convert_and_synthetic(media, tmp_path):
     assert main(["data", "synthetic", "--out", str(syn), "--train", "5", "--test", "3", "--alignment", "2",
                  "--image-size", "32"]) == 0
     assert len(load_records(syn / "train.jsonl")) == 5 and len(load_records(syn / "alignment.jsonl")) == 2
+    plain = tmp_path / "plain"  # same seed, comparisons answered by their verdict alone
+    assert main(["data", "synthetic", "--out", str(plain), "--train", "40", "--test", "1", "--image-size", "32",
+                 "--one-word-comparisons"]) == 0
+    rows = [json.loads(line) for line in open(plain / "train.jsonl", encoding="utf-8")]
+    assert all(r["answers"] == r["verdicts"] for r in rows)
+    assert any(QUESTION_TYPES[q].cross for r in rows for q in r["qtypes"])  # there were comparisons to answer
     with pytest.raises(SystemExit):
         main(["data", "combine", "--help"])

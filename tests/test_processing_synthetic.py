@@ -12,7 +12,7 @@ from PIL import Image
 
 from processing.synthetic_eval import evaluate, format_report, normalize_answer
 from processing.synthetic_media import COLOURS, GRID_CELLS, PITCHES, SAMPLING_RATE, SHAPES
-from processing.synthetic_questions import QUESTION_TYPES, chance_level
+from processing.synthetic_questions import ATTRIBUTES, QUESTION_TYPES, chance_level, reference_answer
 from processing.synthetic_task import TaskConfig, render_row, sample_split, signature, write_synthetic
 
 CFG = TaskConfig(image_size=48)
@@ -94,11 +94,19 @@ def test_answers_follow_from_media_and_wording(written):
     rows = _rows(written["train"])
     seen = set()
     for row in rows:
-        assert len(row["qtypes"]) == len(row["answers"]) == len(row["messages"]) // 2
+        assert len(row["qtypes"]) == len(row["answers"]) == len(row["verdicts"]) == len(row["messages"]) // 2
         n_images = sum(p["type"] == "image" for m in row["messages"] for p in m["content"])
         assert n_images == len(row["images"])
-        for qtype, answer in zip(row["qtypes"], row["answers"]):
-            assert answer in QUESTION_TYPES[qtype].space(row["language"])
+        for qtype, answer, verdict in zip(row["qtypes"], row["answers"], row["verdicts"]):
+            question = QUESTION_TYPES[qtype]
+            assert verdict in question.space(row["language"])
+            if question.cross:  # "3, 2: yes": each item's attribute, in the row's language, then the verdict
+                values, said = answer.split(": ")
+                assert said == verdict
+                assert len(values.split(", ")) == 2
+                assert all(v in ATTRIBUTES[question.compared][1](row["language"]) for v in values.split(", "))
+            else:
+                assert answer == verdict
             seen.add(qtype)
     # Malay rows answer in Malay.
     ms = [a for r in rows if r["language"] == "ms" for q, a in zip(r["qtypes"], r["answers"]) if q == "image_colour"]
@@ -109,10 +117,29 @@ def test_answers_follow_from_media_and_wording(written):
 def test_specific_answers(tmp_path):
     spec = sample_split(1, 0, "train", CFG)[0]
     row = render_row(spec, "x", tmp_path, CFG)
-    for turn, answer in zip(spec["turns"], row["answers"]):
+    one_word = render_row(spec, "x", tmp_path, TaskConfig(image_size=48, explain_comparisons=False))
+    for turn, answer, verdict, plain in zip(spec["turns"], row["answers"], row["verdicts"], one_word["answers"]):
         qtype = QUESTION_TYPES[turn["qtype"]]
         media = [spec["images"][i] if k == "image" else spec["audios"][i] for k, i in zip(qtype.refs, turn["refs"])]
-        assert answer == qtype.answer(media, spec["language"])
+        assert verdict == plain == qtype.answer(media, spec["language"])
+        assert answer == reference_answer(qtype, media, spec["language"])
+
+
+def test_explained_comparisons_name_both_items_then_the_verdict():
+    from processing.synthetic_media import AudioSpec, ImageSpec
+
+    two, three = ImageSpec("red", "circle", 2, (0, 1)), ImageSpec("blue", "square", 3, (0, 1, 2))
+    more = QUESTION_TYPES["image_image_more"]
+    assert reference_answer(more, [three, two], "en") == "3, 2: yes"
+    assert reference_answer(more, [two, three], "ms") == "2, 3: tidak"
+    assert reference_answer(more, [two, three], "en", explain=False) == "no"
+    colour = QUESTION_TYPES["image_image_colour"]
+    assert reference_answer(colour, [two, three], "ms") == "merah, biru: tidak"
+    pitch = QUESTION_TYPES["audio_audio_pitch"]
+    assert reference_answer(pitch, [AudioSpec(1, "low", 0.1), AudioSpec(4, "low", 0.1)], "en") == "low, low: yes"
+    which = QUESTION_TYPES["image_audio_more"]
+    assert reference_answer(which, [two, AudioSpec(2, "high", 0.1)], "ms") == "2, 2: sama"
+    assert reference_answer(QUESTION_TYPES["image_count"], [three], "en") == "3"  # single-media: one word
 
 
 def test_alignment_captions_match_media(written):
@@ -144,6 +171,25 @@ def test_chance_levels():
     assert chance_level("image_count") == chance_level("audio_count") == pytest.approx(1 / 4)
     assert chance_level("image_audio_same_count") == chance_level("audio_audio_pitch") == 0.5
     assert chance_level("image_audio_more") == pytest.approx(1 / 3)
+    # an explained comparison: a uniform guess over the pairs of attribute values (each fixes the verdict)
+    assert chance_level("image_image_colour", "ms", explained=True) == pytest.approx(1 / len(COLOURS) ** 2)
+    assert chance_level("audio_audio_pitch", explained=True) == pytest.approx(1 / 9)
+    assert chance_level("image_audio_more", explained=True) == pytest.approx(1 / 16)
+    assert chance_level("image_count", explained=True) == pytest.approx(1 / 4)  # single-media: unchanged
+
+
+def test_evaluator_explained_answers_need_attributes_and_verdict():
+    rows = [{"qtypes": ["image_image_more"] * 4, "answers": ["3, 2: yes", "1, 4: no", "2, 2: no", "4, 3: yes"],
+             "verdicts": ["yes", "no", "no", "yes"], "language": "en"}]
+    preds = [["three, 2: YES",  # right (normalised)
+              "1, 3: no",  # a wrong count, right verdict
+              "2, 2: yes",  # wrong verdict
+              "3, 4: yes"]]  # items swapped, right verdict
+    r = evaluate(rows, predictions=preds)["per_type"]["image_image_more"]
+    assert r["accuracy"] == pytest.approx(1 / 4)  # the whole answer must match
+    assert r["verdict_accuracy"] == pytest.approx(3 / 4)  # the last word alone
+    assert r["chance"] == pytest.approx(1 / 16)
+    assert r["verdict_majority"] == pytest.approx(2 / 4) and r["majority"] == pytest.approx(1 / 4)
 
 
 def test_evaluator_perfect_answer_fn(written):
@@ -189,6 +235,7 @@ def test_majority_baseline_is_what_a_constant_answer_per_language_scores():
     assert result["cross_media"]["majority"] == pytest.approx(4 / 6)
     assert result["single_media"]["majority"] == pytest.approx(1 / 2)
     assert result["overall"]["majority"] == pytest.approx(5 / 8) == pytest.approx(result["overall"]["accuracy"])
+    assert result["cross_media"]["verdict_majority"] == pytest.approx(4 / 6)  # rows without verdicts: the answers
 
 
 def test_evaluator_rejects_misaligned_predictions(written):
