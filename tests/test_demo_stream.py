@@ -1,5 +1,5 @@
 """The demo's stage-2 training stream: fresh rows of the train split only, media in memory, length-grouped
-batches, an easy-first curriculum, comparison questions weighted up in training only."""
+batches, an easy-first curriculum, a share of captions all along, and a share of conversations as text only."""
 
 import itertools
 
