@@ -39,7 +39,7 @@ class DemoSettings:
     stage2_lr: float = 2e-3
     curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
     caption_share: float = 0.1  # and keeps this share of caption rows all along
-    text_share: float = 0.2  # share of conversations given as text only (media replaced by their descriptions)
+    text_share: float = 0.0  # share of conversations given as text only (media replaced by their descriptions)
     warmup_steps: int = 20
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
     reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
@@ -351,7 +351,7 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
                              f"(English and Malay, 1-4 turns, 0-3 images and 0-3 clips each), "
                              f"{settings.n_alignment} caption pairs for stage 1; {settings.text_share:.0%} of the "
                              "stage-2 conversations given as text only (every media item replaced by its "
-                             "description), comparisons answered with both items' attribute and the verdict "
+                             "description); comparisons answered with both items' attribute and the verdict "
                              "(\"3, 2: yes\"); media labelled "
                              "'Picture k:' / 'Audio k:'; question mix (relative weights of the question types, "
                              "the same for train and held-out): "

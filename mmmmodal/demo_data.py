@@ -183,10 +183,14 @@ def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: 
       share falls linearly from 1 to 0 over that many rows.
     - `caption_share`: besides, this share of all rows are captions, all along: every caption names a picture's
       colour, shape and count (or a clip's count and pitch) at once, which keeps the naming questions learning.
+    - `text_share`: this share of the conversations comes as text only, every media item replaced by its labelled
+      description ("Picture 2: three red circles."), as LLaVA-1.5 mixes text-only chats into its instruction
+      data: the language model's reasoning trained apart from reading media. Not measured in full demo runs yet
+      (notes/demo.md, round 4), so the demo leaves it at 0.
     """
     return IterableDataset.from_generator(_trl_rows, gen_kwargs={
         "seed": seed, "batch_size": batch_size, "group": group, "curriculum_rows": curriculum_rows,
-        "caption_share": caption_share})
+        "caption_share": caption_share, "text_share": text_share})
 
 
 __all__ = ["stream_dataset", "stream_rows", "task_config", "tokenizer_corpus", "label_media", "read_rows", "make_data", "to_dataset", "approximate_length", "LABELS"]

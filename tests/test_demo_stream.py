@@ -116,6 +116,15 @@ def test_stream_dataset_feeds_trl_columns():
     assert set(first) == {"messages", "images"}
 
 
+def test_stream_dataset_passes_every_share_on():
+    media = lambda row: [p for m in row["messages"] for p in m["content"] if p.get("type") in ("image", "audio")]
+    rows = list(itertools.islice(stream_dataset(0, BATCH, text_share=1.0), 64))
+    assert rows and not any(media(r) or r["images"] for r in rows)  # every conversation as text
+    rows = list(itertools.islice(stream_dataset(0, BATCH, caption_share=1.0), 64))
+    assert all(len(r["messages"]) == 2 and len(media(r)) == 1 for r in rows)  # every row a caption
+    assert any(media(r) for r in itertools.islice(stream_dataset(0, BATCH), 64))
+
+
 @pytest.mark.parametrize("bad", [0, -1])
 def test_stream_refuses_a_bad_batch_size(bad):
     with pytest.raises(ValueError, match="batch_size"):
