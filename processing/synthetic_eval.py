@@ -11,8 +11,8 @@ final answer's accuracy; with teacher-forced predictions (the demo's scoring) th
 the *reference* values, so it measures the comparison step alone, not what the model would answer.
 Each question type is reported with its chance level (uniform guess over its answer space) and its
 majority baseline: the accuracy of always giving the most frequent reference answer of the row's
-language and question type, the score a model reaches without looking at the media; `verdict_majority` is the same for the verdict alone (for "same
-colour?" that is "no" / "tidak", right about 5 times in 6).
+language and question type, the score a model reaches without looking at the media; `verdict_majority`
+is the same for the verdict alone (for "same colour?" that is "no" / "tidak", right about 5 times in 6).
 """
 
 import logging
