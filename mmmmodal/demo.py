@@ -40,6 +40,8 @@ class DemoSettings:
     curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
     caption_share: float = 0.1  # and keeps this share of caption rows all along
     text_share: float = 0.0  # share of conversations given as text only (media replaced by their descriptions)
+    verdict_share: float = 0.2  # share of stage-2 rows that are text-only verdict practice (demo_verdicts)
+    equal_pairs: float = 0.3  # share of stage-2 "same ...?" questions asked about two equal items (held-out: none forced)
     warmup_steps: int = 20
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
     reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
@@ -148,7 +150,7 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mmmmodal.demo_collate import CachingCollator, ShuffledLengthBatches, project_collator
+    from mmmmodal.demo_collate import CachingCollator, ShuffledLengthBatches, VerdictOnlyLabels, project_collator
 
     model.set_training_stage(stage)
     start = time.time()
@@ -205,7 +207,9 @@ def _train_stage(model, processor, dataset, stage: int, out: Path, settings: Dem
     )
     streamed = isinstance(dataset, IterableDataset)  # fresh rows: nothing to cache, already length-grouped
     collator = project_collator(processor)
-    if not streamed:
+    if streamed:
+        collator = VerdictOnlyLabels(collator)
+    else:
         collator = CachingCollator(collator, processor.tokenizer.pad_token_id)
 
     class Trainer(SFTTrainer):
@@ -312,7 +316,8 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
     clock.lap("stage 1")
     _say(clock, "stage 2: projectors + LLM, on a stream of fresh multi-turn chats, easy ones first (TRL SFTTrainer)")
     stream = stream_dataset(seed, settings.batch_size, curriculum_rows=settings.curriculum_steps * settings.batch_size,
-                            caption_share=settings.caption_share, text_share=settings.text_share)
+                            caption_share=settings.caption_share, text_share=settings.text_share,
+                            equal_pairs=settings.equal_pairs, verdict_share=settings.verdict_share)
     stage2, steps2 = _train_stage(model, processor, stream, 2, out, settings, settings.stage2_lr,
                                   clock.left() - settings.reserve_seconds, seed)
     clock.lap("stage 2")
@@ -351,8 +356,12 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
                              f"(English and Malay, 1-4 turns, 0-3 images and 0-3 clips each), "
                              f"{settings.n_alignment} caption pairs for stage 1; {settings.text_share:.0%} of the "
                              "stage-2 conversations given as text only (every media item replaced by its "
-                             "description); comparisons answered with both items' attribute and the verdict "
-                             "(\"3, 2: yes\"); media labelled "
+                             f"description); in {settings.equal_pairs:.0%} of the stage-2 \"same ...?\" "
+                             "questions the two items were made equal (the held-out split draws every item "
+                             f"independently); {settings.verdict_share:.0%} of the stage-2 rows text-only comparison "
+                             "questions answered with random values, trained on the verdict alone (\"red,red:\" -> "
+                             "\"yes\": the step a pretrained LLM would bring; mmmmodal/demo_verdicts.py); comparisons answered with both items' attribute and the verdict "
+                             "(\"3,2: yes\"); media labelled "
                              "'Picture k:' / 'Audio k:'; question mix (relative weights of the question types, "
                              "the same for train and held-out): "
                              + ", ".join(f"{k} {v:g}" for k, v in weights.items())),

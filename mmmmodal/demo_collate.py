@@ -31,6 +31,24 @@ def project_collator(processor):
 
 
 @dataclass
+class VerdictOnlyLabels:
+    """Collate with `inner`; in rows flagged `verdict_only` (mmmmodal/demo_verdicts.py), keep only the label of the
+    answer's last word before `<|im_end|>`: the verdict of "3,2: yes", whose values in those rows are random."""
+
+    inner: object
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.inner([{k: v for k, v in example.items() if k != "verdict_only"} for example in examples])
+        for row, example in enumerate(examples):
+            if example.get("verdict_only"):
+                labelled = (batch["labels"][row] != -100).nonzero().flatten()
+                verdict = labelled[-2]  # the last labelled token is <|im_end|>
+                batch["labels"][row, :verdict] = -100
+                batch["labels"][row, verdict + 1 :] = -100
+        return batch
+
+
+@dataclass
 class CachingCollator:
     """Collate each distinct row once with `inner`; batch cached rows with right padding."""
 
@@ -101,4 +119,4 @@ class ShuffledLengthBatches(Sampler):
         return iter([i for b in full for i in b] + rest)
 
 
-__all__ = ["CachingCollator", "ShuffledLengthBatches", "length_batches", "project_collator"]
+__all__ = ["CachingCollator", "VerdictOnlyLabels", "ShuffledLengthBatches", "length_batches", "project_collator"]

@@ -18,9 +18,10 @@ from pathlib import Path
 from datasets import Dataset, IterableDataset
 
 from mmmmodal.demo_collate import length_batches
+from mmmmodal.demo_verdicts import verdict_row
 from processing.synthetic_media import (COLOURS, NUMBER_WORDS, PITCHES, SHAPES, AudioSpec, ImageSpec, describe_audio,
                                         describe_image)
-from processing.synthetic_questions import ATTRIBUTES, MORE, QUESTION_TYPES, YES_NO
+from processing.synthetic_questions import ATTRIBUTES, MORE, QUESTION_TYPES, YES_NO, explained_answer
 from processing.synthetic_task import TaskConfig, alignment_row, iter_split, render_row, write_synthetic
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,11 @@ def tokenizer_corpus(cfg: TaskConfig) -> list[str]:
     # every answer is one token (a byte-level BPE word at a line start has no leading-space marker).
     answers = {a for q in QUESTION_TYPES.values() for language in cfg.languages for a in q.space(language)}
     lines += sorted(answers)
-    for qtype in (q for q in QUESTION_TYPES.values() if q.cross):  # explained comparisons: "3, 2: yes"
+    for qtype in (q for q in QUESTION_TYPES.values() if q.cross):  # explained comparisons: "3,2: yes"
         for language in cfg.languages:
             values = ATTRIBUTES[qtype.compared][1](language)
-            lines += [f"{a}, {b}: {verdict}" for a in values for b in values for verdict in qtype.space(language)]
+            lines += [explained_answer(a, b, verdict) for a in values for b in values
+                      for verdict in qtype.space(language)]
     return lines * 4  # repetition only raises merge counts; the content is the same
 
 
@@ -133,13 +135,13 @@ def to_dataset(rows: list[dict], tokenizer=None) -> Dataset:
 
 
 def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0, caption_share: float = 0.0,
-                text_share: float = 0.0):
+                text_share: float = 0.0, equal_pairs: float = 0.0, verdict_share: float = 0.0):
     """Fresh training rows forever (full rows: `messages`, `images`, `qtypes`, `answers`, `media`, ...), media in
     memory, in length-grouped order. See `stream_dataset` for the arguments."""
     if batch_size < 1 or group < 1:
         raise ValueError(f"Stream: expected batch_size >= 1 and group >= 1, found batch_size={batch_size}, "
                          f"group={group}.")
-    cfg, rng = task_config(), random.Random(seed)
+    cfg, rng = replace(task_config(), equal_pairs=equal_pairs), random.Random(seed)
     simple = replace(cfg, max_images=1, max_audios=1)
     specs, simple_specs = iter_split(seed, "train", cfg), iter_split(seed + 7919, "train", simple)
     count = 0
@@ -147,6 +149,11 @@ def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int
         rows = []
         for _ in range(batch_size * group):
             row_id = f"stream-{seed}-{count:08d}"
+            if verdict_share and rng.random() < verdict_share:
+                messages, _ = verdict_row(rng, cfg.weights, cfg.languages)
+                rows.append({"id": row_id, "messages": messages, "images": [], "verdict_only": True})
+                count += 1
+                continue
             caption = rng.random() < caption_share
             easy = not caption and curriculum_rows and rng.random() < 1.0 - count / curriculum_rows
             if easy:  # half captions, half chats with at most one picture and one clip
@@ -165,11 +172,12 @@ def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int
 
 def _trl_rows(**kwargs):
     for row in stream_rows(**kwargs):
-        yield {"messages": row["messages"], "images": row["images"]}
+        yield {"messages": row["messages"], "images": row["images"], "verdict_only": bool(row.get("verdict_only"))}
 
 
 def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0,
-                   caption_share: float = 0.0, text_share: float = 0.0) -> IterableDataset:
+                   caption_share: float = 0.0, text_share: float = 0.0, equal_pairs: float = 0.0,
+                   verdict_share: float = 0.0) -> IterableDataset:
     """An endless stream of fresh training conversations for TRL (`datasets.IterableDataset`, TRL's vision form).
 
     Every row is new (the task's train split, seeded by `seed`; a conversation of the held-out split is never
@@ -187,10 +195,18 @@ def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: 
       description ("Picture 2: three red circles."), as LLaVA-1.5 mixes text-only chats into its instruction
       data: the language model's reasoning trained apart from reading media. Not measured in full demo runs yet
       (notes/demo.md, round 4), so the demo leaves it at 0.
+    - `equal_pairs`: this share of the "same ...?" comparisons get two items with the same compared value
+      (`TaskConfig.equal_pairs`), so their verdict is "yes" about half the time instead of 1 time in 6 (colours)
+      to 1 in 3 (pitches). The held-out split keeps independently drawn media.
+    - `verdict_share`: this share of all rows are text-only comparison questions answered with random values and
+      their verdict (`mmmmodal.demo_verdicts.verdict_row`), flagged `verdict_only`, for
+      `mmmmodal.demo_collate.VerdictOnlyLabels` to train on the verdict token alone: the comparison step ("3,2:"
+      -> "yes") that a pretrained LLM would bring, practised apart from reading media.
     """
     return IterableDataset.from_generator(_trl_rows, gen_kwargs={
         "seed": seed, "batch_size": batch_size, "group": group, "curriculum_rows": curriculum_rows,
-        "caption_share": caption_share, "text_share": text_share})
+        "caption_share": caption_share, "text_share": text_share, "equal_pairs": equal_pairs,
+        "verdict_share": verdict_share})
 
 
 __all__ = ["stream_dataset", "stream_rows", "task_config", "tokenizer_corpus", "label_media", "read_rows", "make_data", "to_dataset", "approximate_length", "LABELS"]

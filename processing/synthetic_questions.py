@@ -4,8 +4,11 @@ Every type names the media it needs (`refs`, e.g. ("image", "image")), so a ques
 about media already shown. Single-media answers are one word: a colour, shape or pitch name in the
 question's language, or a digit for counts. A comparison's *verdict* is yes/no ("ya"/"tidak"), or for
 "which has more" picture/audio/same ("gambar"/"audio"/"sama"); its reference answer, by default, first
-names the compared attribute of each item and then gives the verdict: "3, 2: yes", "merah, biru: tidak"
-(`reference_answer`). That is the paper's relationship data in checkable form (its answers say what
+names the compared attribute of each item and then gives the verdict: "3,2: yes", "merah,biru: tidak"
+(`reference_answer`, `explained_answer`). The two values are joined by a bare comma so that, under a
+byte-level BPE tokenizer (GPT-2's split), both are the same token as the one-word answer to "what colour
+is picture 1?": with "merah, merah" the second value would be a different token ("Ġmerah"), and the
+"same?" verdict a lookup between two token tables instead of a check for a repeated token. That is the paper's relationship data in checkable form (its answers say what
 each item is before relating them), and it is what a small model can learn: on the demo's tiny LM with
 the two pictures given as captions (notes/scripts/text_only_probe.py, notes/demo.md round 4), the one-word
 "more shapes?" verdict is right 0.71 of the time after 3,000 steps (always "no": 0.62), while the
@@ -28,6 +31,7 @@ class QuestionType:
     answer: Callable  # (specs, language) -> str: the one-word answer (a comparison's verdict)
     space: Callable  # language -> list of possible one-word answers
     compared: str | None = None  # comparisons: the attribute compared ("colour", "count", "pitch")
+    asks_same: bool = False  # comparisons: the verdict is yes exactly when the two compared values are equal
 
 
 YES_NO = {"en": ["yes", "no"], "ms": ["ya", "tidak"]}
@@ -91,7 +95,7 @@ QUESTION_TYPES = {q.name: q for q in [
     QuestionType("image_image_colour", ("image", "image"), True,
                  {"en": "Are picture {a} and picture {b} the same colour?",
                   "ms": "Adakah gambar {a} dan gambar {b} sama warna?"},
-                 lambda s, lang: _yes_no(s[0].colour == s[1].colour, lang), lambda lang: YES_NO[lang], "colour"),
+                 lambda s, lang: _yes_no(s[0].colour == s[1].colour, lang), lambda lang: YES_NO[lang], "colour", True),
     QuestionType("image_image_more", ("image", "image"), True,
                  {"en": "Does picture {a} have more shapes than picture {b}?",
                   "ms": "Adakah gambar {a} ada lebih banyak bentuk daripada gambar {b}?"},
@@ -99,7 +103,7 @@ QUESTION_TYPES = {q.name: q for q in [
     QuestionType("audio_audio_pitch", ("audio", "audio"), True,
                  {"en": "Do audio {a} and audio {b} have the same pitch?",
                   "ms": "Adakah audio {a} dan audio {b} sama nada?"},
-                 lambda s, lang: _yes_no(s[0].pitch == s[1].pitch, lang), lambda lang: YES_NO[lang], "pitch"),
+                 lambda s, lang: _yes_no(s[0].pitch == s[1].pitch, lang), lambda lang: YES_NO[lang], "pitch", True),
     QuestionType("audio_audio_more", ("audio", "audio"), True,
                  {"en": "Does audio {a} have more beeps than audio {b}?",
                   "ms": "Adakah audio {a} ada lebih banyak bip daripada audio {b}?"},
@@ -107,7 +111,7 @@ QUESTION_TYPES = {q.name: q for q in [
     QuestionType("image_audio_same_count", ("image", "audio"), True,
                  {"en": "Does picture {a} have as many shapes as audio {b} has beeps?",
                   "ms": "Adakah bilangan bentuk dalam gambar {a} sama dengan bilangan bip dalam audio {b}?"},
-                 lambda s, lang: _yes_no(s[0].count == s[1].count, lang), lambda lang: YES_NO[lang], "count"),
+                 lambda s, lang: _yes_no(s[0].count == s[1].count, lang), lambda lang: YES_NO[lang], "count", True),
     QuestionType("image_audio_more", ("image", "audio"), True,
                  {"en": "Which has more: the shapes in picture {a} or the beeps in audio {b}? "
                         "Answer picture, audio or same.",
@@ -126,12 +130,17 @@ DEFAULT_WEIGHTS = {
 
 def reference_answer(qtype: QuestionType, media: list, language: str, explain: bool = True) -> str:
     """The answer a row holds: the one-word answer, or for a comparison with `explain`, each item's compared
-    attribute and then the verdict ("3, 2: yes")."""
+    attribute and then the verdict ("3,2: yes")."""
     verdict = qtype.answer(media, language)
     if not (explain and qtype.cross):
         return verdict
     value = ATTRIBUTES[qtype.compared][0]
-    return f"{value(media[0], language)}, {value(media[1], language)}: {verdict}"
+    return explained_answer(value(media[0], language), value(media[1], language), verdict)
+
+
+def explained_answer(first: str, second: str, verdict: str) -> str:
+    """A comparison's explained answer: "3,2: yes" (no space after the comma: see the module docstring)."""
+    return f"{first},{second}: {verdict}"
 
 
 def chance_level(qtype: str, language: str = "en", explained: bool = False) -> float:

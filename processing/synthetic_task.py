@@ -18,13 +18,13 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from .synthetic_media import (SAMPLING_RATE, AudioSpec, ImageSpec, describe_audio, describe_image, draw_image,
+from .synthetic_media import (GRID_CELLS, SAMPLING_RATE, AudioSpec, ImageSpec, describe_audio, describe_image, draw_image,
                               sample_audio_spec, sample_image_spec, synth_audio)
 from .synthetic_questions import DEFAULT_WEIGHTS, QUESTION_TYPES, reference_answer
 
@@ -41,7 +41,12 @@ class TaskConfig:
     max_turns: int = 4
     languages: tuple = ("en", "ms")
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    explain_comparisons: bool = True  # "3, 2: yes" rather than "yes" (synthetic_questions.reference_answer)
+    explain_comparisons: bool = True  # "3,2: yes" rather than "yes" (synthetic_questions.reference_answer)
+    # Share of "same ...?" comparisons (`QuestionType.asks_same`) whose second item is given the first item's
+    # compared attribute (`balance_pair`). Media are drawn independently, so "same colour?" is "no" 5 times in 6;
+    # a training stream can raise the share of equal pairs so that "yes" is not a rare answer. 0 (the default,
+    # and the held-out split) draws nothing extra.
+    equal_pairs: float = 0.0
 
 
 def _intro_turns(rng, n_media: int, n_turns: int) -> list:
@@ -67,6 +72,21 @@ def _pick_question(rng, shown: dict, new: list, weights: dict):
             return qtype.name, refs
 
 
+def balance_pair(rng: random.Random, spec: dict, qtype: str, refs: list) -> None:
+    """Give the second item a comparison refers to the first item's compared attribute (colour, pitch or count;
+    an image's shapes are re-placed for a new count), in place."""
+    question = QUESTION_TYPES[qtype]
+    (kind_a, kind_b), (a, b) = question.refs, refs
+    first, second = spec[kind_a + "s"][a], spec[kind_b + "s"][b]
+    if question.compared == "count":
+        changes = {"count": first.count}
+        if kind_b == "image":
+            changes["cells"] = tuple(sorted(rng.sample(range(len(GRID_CELLS)), first.count)))
+    else:
+        changes = {question.compared: getattr(first, question.compared)}
+    spec[kind_b + "s"][b] = replace(second, **changes)
+
+
 def sample_conversation(rng: random.Random, cfg: TaskConfig) -> dict:
     """A conversation spec: media attributes, order of appearance, and one question per turn."""
     n_images, n_audios = 0, 0
@@ -88,6 +108,8 @@ def sample_conversation(rng: random.Random, cfg: TaskConfig) -> dict:
                 shown[kind].append(counters[kind])
                 counters[kind] += 1
         qtype, refs = _pick_question(rng, shown, new, cfg.weights)
+        if cfg.equal_pairs and QUESTION_TYPES[qtype].asks_same and rng.random() < cfg.equal_pairs:
+            balance_pair(rng, spec, qtype, refs)
         spec["turns"].append({"new": new, "qtype": qtype, "refs": refs})
     return spec
 
@@ -235,5 +257,5 @@ def write_synthetic(out_dir, n_train: int, n_test: int, seed: int = 0, cfg: Task
     return written
 
 
-__all__ = ["TaskConfig", "sample_conversation", "iter_split", "sample_split", "render_row", "alignment_row", "write_synthetic",
+__all__ = ["TaskConfig", "sample_conversation", "balance_pair", "iter_split", "sample_split", "render_row", "alignment_row", "write_synthetic",
            "signature", "split_of", "ImageSpec", "AudioSpec"]

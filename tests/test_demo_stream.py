@@ -113,7 +113,7 @@ def test_caption_share_keeps_captions_after_the_curriculum():
 
 def test_stream_dataset_feeds_trl_columns():
     first = next(iter(stream_dataset(0, BATCH)))
-    assert set(first) == {"messages", "images"}
+    assert set(first) == {"messages", "images", "verdict_only"}  # the flag is for the demo's collator
 
 
 def test_stream_dataset_passes_every_share_on():
@@ -123,6 +123,17 @@ def test_stream_dataset_passes_every_share_on():
     rows = list(itertools.islice(stream_dataset(0, BATCH, caption_share=1.0), 64))
     assert all(len(r["messages"]) == 2 and len(media(r)) == 1 for r in rows)  # every row a caption
     assert any(media(r) for r in itertools.islice(stream_dataset(0, BATCH), 64))
+    same = lambda a: a.split(": ")[0].split(",")  # "red,red: yes" -> the two compared values
+    pairs = [same(a) for r in _take(400, seed=0, batch_size=BATCH, equal_pairs=1.0)
+             for q, a in zip(r.get("qtypes", []), r.get("answers", [])) if QUESTION_TYPES[q].asks_same]
+    assert pairs and sum(a == b for a, b in pairs) / len(pairs) > 0.8  # every pair made equal (later turns may
+    # re-draw an item an earlier turn compared)
+    verdicts = [r["verdict_only"] for r in itertools.islice(stream_dataset(0, BATCH, verdict_share=0.5), 64)]
+    assert 16 < sum(verdicts) < 48  # verdict practice rows, flagged for the collator
+    assert not any(r["verdict_only"] for r in itertools.islice(stream_dataset(0, BATCH), 64))
+    said = lambda row: [p["text"] for m in row["messages"] if m["role"] == "assistant" for p in m["content"]]
+    from_dataset = [said(r) for r in itertools.islice(stream_dataset(0, BATCH, equal_pairs=1.0), 400)]
+    assert from_dataset == [said(r) for r in _take(400, seed=0, batch_size=BATCH, equal_pairs=1.0)]
 
 
 @pytest.mark.parametrize("bad", [0, -1])
@@ -158,3 +169,23 @@ def test_text_share_gives_whole_conversations_as_text():
     # a label part + a media part each become one text part
     assert [len(m["content"]) for m in as_text["messages"]] == [
         len(m["content"]) - n for m, n in zip(plain["messages"], media_per_message)]
+
+
+def test_demo_tokenizer_writes_compared_values_as_the_one_word_answer_tokens():
+    """The demo's locally trained tokenizer gives a comparison's two values ("mid,mid: yes") the very token of the
+    one-word answer to the single-media question ("mid"), so "same?" is a check for a repeated token."""
+    from mmmmodal.demo import DemoSettings
+    from mmmmodal.tiny import train_tokenizer
+    from mmmmodal.demo_data import tokenizer_corpus
+    from processing.synthetic_questions import ATTRIBUTES, explained_answer
+
+    tokenizer = train_tokenizer(tokenizer_corpus(task_config()), vocab_size=DemoSettings().vocab_size)
+    for question in (q for q in QUESTION_TYPES.values() if q.cross):
+        for language in task_config().languages:
+            for value in ATTRIBUTES[question.compared][1](language):
+                answer_tokens = tokenizer.tokenize(value)
+                assert len(answer_tokens) == 1, (value, answer_tokens)
+                for verdict in question.space(language):
+                    tokens = tokenizer.tokenize(explained_answer(value, value, verdict))
+                    assert tokens[:4] == [answer_tokens[0], ",", answer_tokens[0], ":"], tokens
+                    assert len(tokens) == 5  # and the verdict is one token

@@ -100,11 +100,11 @@ def test_answers_follow_from_media_and_wording(written):
         for qtype, answer, verdict in zip(row["qtypes"], row["answers"], row["verdicts"]):
             question = QUESTION_TYPES[qtype]
             assert verdict in question.space(row["language"])
-            if question.cross:  # "3, 2: yes": each item's attribute, in the row's language, then the verdict
+            if question.cross:  # "3,2: yes": each item's attribute, in the row's language, then the verdict
                 values, said = answer.split(": ")
                 assert said == verdict
-                assert len(values.split(", ")) == 2
-                assert all(v in ATTRIBUTES[question.compared][1](row["language"]) for v in values.split(", "))
+                assert len(values.split(",")) == 2
+                assert all(v in ATTRIBUTES[question.compared][1](row["language"]) for v in values.split(","))
             else:
                 assert answer == verdict
             seen.add(qtype)
@@ -130,16 +130,63 @@ def test_explained_comparisons_name_both_items_then_the_verdict():
 
     two, three = ImageSpec("red", "circle", 2, (0, 1)), ImageSpec("blue", "square", 3, (0, 1, 2))
     more = QUESTION_TYPES["image_image_more"]
-    assert reference_answer(more, [three, two], "en") == "3, 2: yes"
-    assert reference_answer(more, [two, three], "ms") == "2, 3: tidak"
+    assert reference_answer(more, [three, two], "en") == "3,2: yes"
+    assert reference_answer(more, [two, three], "ms") == "2,3: tidak"
     assert reference_answer(more, [two, three], "en", explain=False) == "no"
     colour = QUESTION_TYPES["image_image_colour"]
-    assert reference_answer(colour, [two, three], "ms") == "merah, biru: tidak"
+    assert reference_answer(colour, [two, three], "ms") == "merah,biru: tidak"
     pitch = QUESTION_TYPES["audio_audio_pitch"]
-    assert reference_answer(pitch, [AudioSpec(1, "low", 0.1), AudioSpec(4, "low", 0.1)], "en") == "low, low: yes"
+    assert reference_answer(pitch, [AudioSpec(1, "low", 0.1), AudioSpec(4, "low", 0.1)], "en") == "low,low: yes"
     which = QUESTION_TYPES["image_audio_more"]
-    assert reference_answer(which, [two, AudioSpec(2, "high", 0.1)], "ms") == "2, 2: sama"
+    assert reference_answer(which, [two, AudioSpec(2, "high", 0.1)], "ms") == "2,2: sama"
     assert reference_answer(QUESTION_TYPES["image_count"], [three], "en") == "3"  # single-media: one word
+
+
+def test_asks_same_marks_the_questions_whose_verdict_is_equality():
+    rng = random.Random(0)
+    from processing.synthetic_media import sample_audio_spec, sample_image_spec
+
+    draw = {"image": sample_image_spec, "audio": sample_audio_spec}
+    for question in (q for q in QUESTION_TYPES.values() if q.cross):
+        value = ATTRIBUTES[question.compared][0]
+        equal_but_not_yes = 0
+        for _ in range(400):
+            media = [draw[kind](rng) for kind in question.refs]
+            equal = value(media[0], "en") == value(media[1], "en")
+            if question.asks_same:
+                assert (question.answer(media, "en") == "yes") == equal
+            else:
+                equal_but_not_yes += equal and question.answer(media, "en") != "yes"
+        assert question.asks_same or equal_but_not_yes > 0  # "more?" about equal counts is "no" / "same"
+
+
+def _same_question_yes_share(specs):
+    said = []
+    for spec in specs:
+        for turn in spec["turns"]:
+            question = QUESTION_TYPES[turn["qtype"]]
+            if question.asks_same:
+                media = [spec[k + "s"][i] for k, i in zip(question.refs, turn["refs"])]
+                said.append(question.answer(media, "en") == "yes")
+    return sum(said) / len(said)
+
+
+def test_equal_pairs_raises_the_share_of_equal_items_in_same_questions(tmp_path):
+    natural = _same_question_yes_share(sample_split(1500, 0, "train", CFG))
+    balanced_cfg = TaskConfig(image_size=48, equal_pairs=0.5)
+    balanced_specs = sample_split(1500, 0, "train", balanced_cfg)
+    assert natural < 0.35 < 0.55 < _same_question_yes_share(balanced_specs)
+    # The re-drawn items are whole, valid media: pixels and waveforms still show the recorded attributes.
+    rows = [render_row(spec, f"b{i}", tmp_path, balanced_cfg) for i, spec in enumerate(balanced_specs[:40])]
+    audio_paths = lambda row: [p["path"] for m in row["messages"] for p in m["content"] if p["type"] == "audio"]
+    for row in rows:
+        for path, spec in zip(row["images"], row["media"]["images"]):
+            assert len(spec["cells"]) == spec["count"]
+            assert _image_attributes(path) == (spec["colour"], spec["shape"], spec["count"])
+        for path, spec in zip(audio_paths(row), row["media"]["audios"]):
+            assert _audio_attributes(path) == (spec["count"], spec["pitch"])
+    # Off by default: the held-out split (and any default stream) draws its media independently, as before.
+    assert TaskConfig().equal_pairs == 0.0
 
 
 def test_alignment_captions_match_media(written):
@@ -179,7 +226,7 @@ def test_chance_levels():
 
 
 def test_evaluator_explained_answers_need_attributes_and_verdict():
-    rows = [{"qtypes": ["image_image_more"] * 4, "answers": ["3, 2: yes", "1, 4: no", "2, 2: no", "4, 3: yes"],
+    rows = [{"qtypes": ["image_image_more"] * 4, "answers": ["3,2: yes", "1, 4: no", "2, 2: no", "4, 3: yes"],
              "verdicts": ["yes", "no", "no", "yes"], "language": "en"}]
     preds = [["three, 2: YES",  # right (normalised)
               "1, 3: no",  # a wrong count, right verdict
