@@ -267,7 +267,7 @@ def _register_offline(sub, fmt):
     p.add_argument("--max-turns", type=int, default=4)
     p.add_argument("--languages", default="en,ms")
     p.add_argument("--one-word-comparisons", action="store_true",
-                   help='answer comparisons with the verdict alone ("yes") instead of "3,2: yes"')
+                   help='answer comparisons with the verdict alone ("yes") instead of "3, 2: yes"')
     p.set_defaults(func=run_synthetic)
 
 

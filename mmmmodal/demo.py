@@ -40,8 +40,11 @@ class DemoSettings:
     curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
     caption_share: float = 0.1  # and keeps this share of caption rows all along
     text_share: float = 0.0  # share of conversations given as text only (media replaced by their descriptions)
-    verdict_share: float = 0.2  # share of stage-2 rows that are text-only verdict practice (demo_verdicts)
-    equal_pairs: float = 0.3  # share of stage-2 "same ...?" questions asked about two equal items (held-out: none forced)
+    # Both off: measured in one run each with seed 1 and on a clean clone with seed 0, neither helped (notes/demo.md,
+    # round 5). Share of stage-2 rows that are text-only verdict practice (demo_verdicts), and share of stage-2
+    # "same ...?" questions asked about two equal items (the held-out split: none forced).
+    verdict_share: float = 0.0
+    equal_pairs: float = 0.0
     warmup_steps: int = 20
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
     reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
@@ -359,9 +362,10 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
                              f"description); in {settings.equal_pairs:.0%} of the stage-2 \"same ...?\" "
                              "questions the two items were made equal (the held-out split draws every item "
                              f"independently); {settings.verdict_share:.0%} of the stage-2 rows text-only comparison "
-                             "questions answered with random values, trained on the verdict alone (\"red,red:\" -> "
-                             "\"yes\": the step a pretrained LLM would bring; mmmmodal/demo_verdicts.py); comparisons answered with both items' attribute and the verdict "
-                             "(\"3,2: yes\"); media labelled "
+                             "questions answered with random values, trained on the verdict alone (\"red, red:\" -> "
+                             "\"yes\": the step a pretrained LLM would bring; mmmmodal/demo_verdicts.py); "
+                             "comparisons answered with both items' attribute and the verdict "
+                             "(\"3, 2: yes\"); media labelled "
                              "'Picture k:' / 'Audio k:'; question mix (relative weights of the question types, "
                              "the same for train and held-out): "
                              + ", ".join(f"{k} {v:g}" for k, v in weights.items())),

@@ -33,7 +33,7 @@ def project_collator(processor):
 @dataclass
 class VerdictOnlyLabels:
     """Collate with `inner`; in rows flagged `verdict_only` (mmmmodal/demo_verdicts.py), keep only the label of the
-    answer's last word before `<|im_end|>`: the verdict of "3,2: yes", whose values in those rows are random."""
+    answer's last word before `<|im_end|>`: the verdict of "3, 2: yes", whose values in those rows are random."""
 
     inner: object
 

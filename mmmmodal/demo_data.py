@@ -57,7 +57,7 @@ def tokenizer_corpus(cfg: TaskConfig) -> list[str]:
     # every answer is one token (a byte-level BPE word at a line start has no leading-space marker).
     answers = {a for q in QUESTION_TYPES.values() for language in cfg.languages for a in q.space(language)}
     lines += sorted(answers)
-    for qtype in (q for q in QUESTION_TYPES.values() if q.cross):  # explained comparisons: "3,2: yes"
+    for qtype in (q for q in QUESTION_TYPES.values() if q.cross):  # explained comparisons: "3, 2: yes"
         for language in cfg.languages:
             values = ATTRIBUTES[qtype.compared][1](language)
             lines += [explained_answer(a, b, verdict) for a in values for b in values
@@ -201,7 +201,8 @@ def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: 
     - `verdict_share`: this share of all rows are text-only comparison questions answered with random values and
       their verdict (`mmmmodal.demo_verdicts.verdict_row`), flagged `verdict_only`, for
       `mmmmodal.demo_collate.VerdictOnlyLabels` to train on the verdict token alone: the comparison step ("3,2:"
-      -> "yes") that a pretrained LLM would bring, practised apart from reading media.
+      -> "yes") that a pretrained LLM would bring, practised apart from reading media. `equal_pairs` and
+      `verdict_share` are 0 in the demo: measured in notes/demo.md, round 5, with no gain.
     """
     return IterableDataset.from_generator(_trl_rows, gen_kwargs={
         "seed": seed, "batch_size": batch_size, "group": group, "curriculum_rows": curriculum_rows,

@@ -106,7 +106,7 @@ def markdown(report: dict, result: dict, transcript: list, png_name: str) -> str
         f"{'met' if met['cross_media'] else 'not met'}; chance {report['chance_cross_media']:.3f}, majority answer "
         f"{report['majority_cross_media']:.3f}), overall {report['overall']:.3f}. (Majority answer: always giving "
         "the most frequent answer of the question type in the row's language, without looking at the media.) "
-        "A comparison counts as right only when its whole explained answer is (\"3,2: yes\": both items' "
+        "A comparison counts as right only when its whole explained answer is (\"3, 2: yes\": both items' "
         "attribute and the verdict). Diagnostic, not an answer score: after the reference values (teacher "
         f"forcing), the verdict is right {report['verdict_cross_media']:.3f} of the time (always giving the most "
         f"frequent verdict: {report['verdict_majority_cross_media']:.3f}).",

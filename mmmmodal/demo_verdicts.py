@@ -2,14 +2,16 @@
 
 The paper starts from a pretrained LLM, which already knows that 3 is more than 2 and that "merah" and "merah" are
 the same colour. The demo's tiny LM starts random, and in full runs the verdict of an explained comparison
-("3,2: yes") was the step it learned last, or not within the budget (notes/demo.md, round 5). These rows stand in
+("3, 2: yes") was the step it learned last, or not within the budget (notes/demo.md, round 5). These rows stand in
 for that knowledge, as stage 0 stands in for pretrained SigLIP / Whisper: one-turn text conversations, the task's
 comparison question with both values already written in the answer ("Does picture 1 have more shapes than
-picture 2?" -> "3,2: yes"). The values are drawn at random, so only the verdict can be learned from them:
+picture 2?" -> "3, 2: yes"). The values are drawn at random, so only the verdict can be learned from them:
 `mmmmodal.demo_collate.VerdictOnlyLabels` keeps the verdict token's label alone (training on the random values
 too would teach that answers do not depend on the media). No media are involved and nothing says what any
 picture or clip holds: these rows teach the relation (equal, more, which has more, in English and Malay), not any
-held-out answer. `mmmmodal.demo_data.stream_dataset(verdict_share=...)` mixes them into stage 2.
+held-out answer. `mmmmodal.demo_data.stream_dataset(verdict_share=...)` mixes them into stage 2. The demo leaves
+the share at 0: in the runs measured (notes/demo.md, round 5) they raised the verdict after the reference values
+with one seed, and cross-media accuracy with none.
 """
 
 import random

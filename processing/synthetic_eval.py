@@ -4,7 +4,7 @@ Give either an `answer_fn(messages_so_far, images) -> str` (called once per assi
 the conversation up to and including that turn's user message; earlier assistant turns hold the
 reference answers, i.e. teacher forcing) or `predictions` aligned with the rows' `answers`.
 Exact match after normalisation (case, punctuation, whitespace; number words -> digits): a comparison's
-explained answer ("3,2: yes") is right only when both attributes and the verdict are. Rows with `verdicts`
+explained answer ("3, 2: yes") is right only when both attributes and the verdict are. Rows with `verdicts`
 (the task's one-word verdicts) also get `verdict_accuracy`: the last word of the prediction against the
 verdict alone. What it measures depends on how the predictions were made: with free generation it is the
 final answer's accuracy; with teacher-forced predictions (the demo's scoring) the verdict was predicted after

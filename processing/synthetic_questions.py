@@ -4,11 +4,11 @@ Every type names the media it needs (`refs`, e.g. ("image", "image")), so a ques
 about media already shown. Single-media answers are one word: a colour, shape or pitch name in the
 question's language, or a digit for counts. A comparison's *verdict* is yes/no ("ya"/"tidak"), or for
 "which has more" picture/audio/same ("gambar"/"audio"/"sama"); its reference answer, by default, first
-names the compared attribute of each item and then gives the verdict: "3,2: yes", "merah,biru: tidak"
-(`reference_answer`, `explained_answer`). The two values are joined by a bare comma so that, under a
-byte-level BPE tokenizer (GPT-2's split), both are the same token as the one-word answer to "what colour
-is picture 1?": with "merah, merah" the second value would be a different token ("Ġmerah"), and the
-"same?" verdict a lookup between two token tables instead of a check for a repeated token. That is the paper's relationship data in checkable form (its answers say what
+names the compared attribute of each item and then gives the verdict: "3, 2: yes", "merah, biru: tidak"
+(`reference_answer`, `explained_answer`). (Under a byte-level BPE tokenizer the second value is another
+token than the first, "Ġmerah" vs "merah"; joining them with a bare comma, "merah,merah", makes them one
+token, but in the demo's measured runs that made the verdicts worse, not better: notes/demo.md, round 5.)
+That is the paper's relationship data in checkable form (its answers say what
 each item is before relating them), and it is what a small model can learn: on the demo's tiny LM with
 the two pictures given as captions (notes/scripts/text_only_probe.py, notes/demo.md round 4), the one-word
 "more shapes?" verdict is right 0.71 of the time after 3,000 steps (always "no": 0.62), while the
@@ -130,7 +130,7 @@ DEFAULT_WEIGHTS = {
 
 def reference_answer(qtype: QuestionType, media: list, language: str, explain: bool = True) -> str:
     """The answer a row holds: the one-word answer, or for a comparison with `explain`, each item's compared
-    attribute and then the verdict ("3,2: yes")."""
+    attribute and then the verdict ("3, 2: yes")."""
     verdict = qtype.answer(media, language)
     if not (explain and qtype.cross):
         return verdict
@@ -139,8 +139,8 @@ def reference_answer(qtype: QuestionType, media: list, language: str, explain: b
 
 
 def explained_answer(first: str, second: str, verdict: str) -> str:
-    """A comparison's explained answer: "3,2: yes" (no space after the comma: see the module docstring)."""
-    return f"{first},{second}: {verdict}"
+    """A comparison's explained answer: "3, 2: yes"."""
+    return f"{first}, {second}: {verdict}"
 
 
 def chance_level(qtype: str, language: str = "en", explained: bool = False) -> float:

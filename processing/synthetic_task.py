@@ -24,8 +24,8 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from .synthetic_media import (GRID_CELLS, SAMPLING_RATE, AudioSpec, ImageSpec, describe_audio, describe_image, draw_image,
-                              sample_audio_spec, sample_image_spec, synth_audio)
+from .synthetic_media import (GRID_CELLS, SAMPLING_RATE, AudioSpec, ImageSpec, describe_audio, describe_image,
+                              draw_image, sample_audio_spec, sample_image_spec, synth_audio)
 from .synthetic_questions import DEFAULT_WEIGHTS, QUESTION_TYPES, reference_answer
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class TaskConfig:
     max_turns: int = 4
     languages: tuple = ("en", "ms")
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    explain_comparisons: bool = True  # "3,2: yes" rather than "yes" (synthetic_questions.reference_answer)
+    explain_comparisons: bool = True  # "3, 2: yes" rather than "yes" (synthetic_questions.reference_answer)
     # Share of "same ...?" comparisons (`QuestionType.asks_same`) whose second item is given the first item's
     # compared attribute (`balance_pair`). Media are drawn independently, so "same colour?" is "no" 5 times in 6;
     # a training stream can raise the share of equal pairs so that "yes" is not a rare answer. 0 (the default,
@@ -257,5 +257,5 @@ def write_synthetic(out_dir, n_train: int, n_test: int, seed: int = 0, cfg: Task
     return written
 
 
-__all__ = ["TaskConfig", "sample_conversation", "balance_pair", "iter_split", "sample_split", "render_row", "alignment_row", "write_synthetic",
-           "signature", "split_of", "ImageSpec", "AudioSpec"]
+__all__ = ["TaskConfig", "sample_conversation", "balance_pair", "iter_split", "sample_split", "render_row",
+           "alignment_row", "write_synthetic", "signature", "split_of", "ImageSpec", "AudioSpec"]

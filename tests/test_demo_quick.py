@@ -29,7 +29,7 @@ def test_report_json_has_the_required_keys(demo_out):
     assert set(report["accuracy"]) <= set(QUESTION_TYPES)
     for qtype, value in report["accuracy"].items():
         assert 0.0 <= value <= 1.0
-        question = QUESTION_TYPES[qtype]  # comparisons are explained ("3,2: yes"): chance over value pairs
+        question = QUESTION_TYPES[qtype]  # comparisons are explained ("3, 2: yes"): chance over value pairs
         assert report["chance"][qtype] == pytest.approx(chance_level(qtype, "en", explained=question.cross))
     assert 0.0 <= report["single_media"] <= 1.0 and 0.0 <= report["cross_media"] <= 1.0
     assert set(report["majority"]) == set(report["accuracy"])  # the no-media baseline, per type and overall

@@ -123,7 +123,7 @@ def test_stream_dataset_passes_every_share_on():
     rows = list(itertools.islice(stream_dataset(0, BATCH, caption_share=1.0), 64))
     assert all(len(r["messages"]) == 2 and len(media(r)) == 1 for r in rows)  # every row a caption
     assert any(media(r) for r in itertools.islice(stream_dataset(0, BATCH), 64))
-    same = lambda a: a.split(": ")[0].split(",")  # "red,red: yes" -> the two compared values
+    same = lambda a: a.split(": ")[0].split(", ")  # "red, red: yes" -> the two compared values
     pairs = [same(a) for r in _take(400, seed=0, batch_size=BATCH, equal_pairs=1.0)
              for q, a in zip(r.get("qtypes", []), r.get("answers", [])) if QUESTION_TYPES[q].asks_same]
     assert pairs and sum(a == b for a, b in pairs) / len(pairs) > 0.8  # every pair made equal (later turns may
@@ -171,12 +171,13 @@ def test_text_share_gives_whole_conversations_as_text():
         len(m["content"]) - n for m, n in zip(plain["messages"], media_per_message)]
 
 
-def test_demo_tokenizer_writes_compared_values_as_the_one_word_answer_tokens():
-    """The demo's locally trained tokenizer gives a comparison's two values ("mid,mid: yes") the very token of the
-    one-word answer to the single-media question ("mid"), so "same?" is a check for a repeated token."""
+def test_demo_tokenizer_keeps_every_word_of_an_explained_answer_whole():
+    """The demo's locally trained tokenizer writes "mid, mid: yes" as five tokens: the first value is the token of
+    the one-word answer ("mid"), the second its space-prefixed twin, and the verdict one token (what
+    `VerdictOnlyLabels` supervises alone)."""
     from mmmmodal.demo import DemoSettings
-    from mmmmodal.tiny import train_tokenizer
     from mmmmodal.demo_data import tokenizer_corpus
+    from mmmmodal.tiny import train_tokenizer
     from processing.synthetic_questions import ATTRIBUTES, explained_answer
 
     tokenizer = train_tokenizer(tokenizer_corpus(task_config()), vocab_size=DemoSettings().vocab_size)
@@ -187,5 +188,5 @@ def test_demo_tokenizer_writes_compared_values_as_the_one_word_answer_tokens():
                 assert len(answer_tokens) == 1, (value, answer_tokens)
                 for verdict in question.space(language):
                     tokens = tokenizer.tokenize(explained_answer(value, value, verdict))
-                    assert tokens[:4] == [answer_tokens[0], ",", answer_tokens[0], ":"], tokens
-                    assert len(tokens) == 5  # and the verdict is one token
+                    assert tokens == [answer_tokens[0], ",", "\u0120" + value,
+                                      ":", "\u0120" + verdict], tokens

@@ -17,7 +17,7 @@ from processing.synthetic_questions import QUESTION_TYPES, YES_NO
 def _answers(rows):
     for messages, verdict in rows:
         values, said = messages[1]["content"][0]["text"].split(": ")
-        yield messages[0]["content"][0]["text"], values.split(","), said, verdict
+        yield messages[0]["content"][0]["text"], values.split(", "), said, verdict
 
 
 def test_rows_are_comparisons_whose_verdict_follows_from_the_written_values():

@@ -100,11 +100,11 @@ def test_answers_follow_from_media_and_wording(written):
         for qtype, answer, verdict in zip(row["qtypes"], row["answers"], row["verdicts"]):
             question = QUESTION_TYPES[qtype]
             assert verdict in question.space(row["language"])
-            if question.cross:  # "3,2: yes": each item's attribute, in the row's language, then the verdict
+            if question.cross:  # "3, 2: yes": each item's attribute, in the row's language, then the verdict
                 values, said = answer.split(": ")
                 assert said == verdict
-                assert len(values.split(",")) == 2
-                assert all(v in ATTRIBUTES[question.compared][1](row["language"]) for v in values.split(","))
+                assert len(values.split(", ")) == 2
+                assert all(v in ATTRIBUTES[question.compared][1](row["language"]) for v in values.split(", "))
             else:
                 assert answer == verdict
             seen.add(qtype)
@@ -130,15 +130,15 @@ def test_explained_comparisons_name_both_items_then_the_verdict():
 
     two, three = ImageSpec("red", "circle", 2, (0, 1)), ImageSpec("blue", "square", 3, (0, 1, 2))
     more = QUESTION_TYPES["image_image_more"]
-    assert reference_answer(more, [three, two], "en") == "3,2: yes"
-    assert reference_answer(more, [two, three], "ms") == "2,3: tidak"
+    assert reference_answer(more, [three, two], "en") == "3, 2: yes"
+    assert reference_answer(more, [two, three], "ms") == "2, 3: tidak"
     assert reference_answer(more, [two, three], "en", explain=False) == "no"
     colour = QUESTION_TYPES["image_image_colour"]
-    assert reference_answer(colour, [two, three], "ms") == "merah,biru: tidak"
+    assert reference_answer(colour, [two, three], "ms") == "merah, biru: tidak"
     pitch = QUESTION_TYPES["audio_audio_pitch"]
-    assert reference_answer(pitch, [AudioSpec(1, "low", 0.1), AudioSpec(4, "low", 0.1)], "en") == "low,low: yes"
+    assert reference_answer(pitch, [AudioSpec(1, "low", 0.1), AudioSpec(4, "low", 0.1)], "en") == "low, low: yes"
     which = QUESTION_TYPES["image_audio_more"]
-    assert reference_answer(which, [two, AudioSpec(2, "high", 0.1)], "ms") == "2,2: sama"
+    assert reference_answer(which, [two, AudioSpec(2, "high", 0.1)], "ms") == "2, 2: sama"
     assert reference_answer(QUESTION_TYPES["image_count"], [three], "en") == "3"  # single-media: one word
 
 
@@ -226,7 +226,7 @@ def test_chance_levels():
 
 
 def test_evaluator_explained_answers_need_attributes_and_verdict():
-    rows = [{"qtypes": ["image_image_more"] * 4, "answers": ["3,2: yes", "1, 4: no", "2, 2: no", "4, 3: yes"],
+    rows = [{"qtypes": ["image_image_more"] * 4, "answers": ["3, 2: yes", "1, 4: no", "2, 2: no", "4, 3: yes"],
              "verdicts": ["yes", "no", "no", "yes"], "language": "en"}]
     preds = [["three, 2: YES",  # right (normalised)
               "1, 3: no",  # a wrong count, right verdict

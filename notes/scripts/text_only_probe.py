@@ -95,7 +95,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=240)
     parser.add_argument("--only", choices=[q for q in QUESTION_TYPES if QUESTION_TYPES[q].cross],
                         help="train and test on one-turn conversations of this comparison only")
-    parser.add_argument("--explain", action="store_true", help='explained comparisons ("3,2: yes")')
+    parser.add_argument("--explain", action="store_true", help='explained comparisons ("3, 2: yes")')
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
