@@ -200,7 +200,7 @@ def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: 
       to 1 in 3 (pitches). The held-out split keeps independently drawn media.
     - `verdict_share`: this share of all rows are text-only comparison questions answered with random values and
       their verdict (`mmmmodal.demo_verdicts.verdict_row`), flagged `verdict_only`, for
-      `mmmmodal.demo_collate.VerdictOnlyLabels` to train on the verdict token alone: the comparison step ("3,2:"
+      `mmmmodal.demo_collate.VerdictOnlyLabels` to train on the verdict token alone: the comparison step ("3, 2:"
       -> "yes") that a pretrained LLM would bring, practised apart from reading media. `equal_pairs` and
       `verdict_share` are 0 in the demo: measured in notes/demo.md, round 5, with no gain.
     """

@@ -5,15 +5,17 @@ about media already shown. Single-media answers are one word: a colour, shape or
 question's language, or a digit for counts. A comparison's *verdict* is yes/no ("ya"/"tidak"), or for
 "which has more" picture/audio/same ("gambar"/"audio"/"sama"); its reference answer, by default, first
 names the compared attribute of each item and then gives the verdict: "3, 2: yes", "merah, biru: tidak"
-(`reference_answer`, `explained_answer`). (Under a byte-level BPE tokenizer the second value is another
-token than the first, "Ġmerah" vs "merah"; joining them with a bare comma, "merah,merah", makes them one
-token, but in the demo's measured runs that made the verdicts worse, not better: notes/demo.md, round 5.)
-That is the paper's relationship data in checkable form (its answers say what
-each item is before relating them), and it is what a small model can learn: on the demo's tiny LM with
-the two pictures given as captions (notes/scripts/text_only_probe.py, notes/demo.md round 4), the one-word
-"more shapes?" verdict is right 0.71 of the time after 3,000 steps (always "no": 0.62), while the
-explained answer is exact, every token, on all 600 held-out questions from step 1,250. Rows also carry
-the one-word verdicts (`verdicts`); `TaskConfig(explain_comparisons=False)` gives one-word answers.
+(`reference_answer`, `explained_answer`). That is the paper's relationship data in checkable form (its
+answers say what each item is before relating them), and it is what a small model can learn: on the
+demo's tiny LM with the two pictures given as captions (notes/scripts/text_only_probe.py, notes/demo.md
+round 4), the one-word "more shapes?" verdict is right 0.71 of the time after 3,000 steps (always "no":
+0.62), while the explained answer is exact, every token, on all 600 held-out questions from step 1,250.
+Rows also carry the one-word verdicts (`verdicts`); `TaskConfig(explain_comparisons=False)` gives
+one-word answers.
+
+Under a byte-level BPE tokenizer the second value is another token than the first ("Ġmerah" vs "merah").
+Joining them with a bare comma ("merah,merah") makes them one token, but in the two demo runs measured
+with it the verdicts came out worse, not better (notes/demo.md, round 5), so the answers keep ", ".
 """
 
 from dataclasses import dataclass

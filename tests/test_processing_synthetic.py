@@ -80,14 +80,18 @@ def _audio_attributes(path):
     return count, pitch
 
 
-def test_media_match_recorded_attributes(written):
-    rows = _rows(written["train"]) + _rows(written["test"])
+def _assert_media_match_recorded_attributes(rows):
+    """Every image's pixels and every clip's waveform show the attributes its row records."""
     audio_paths = lambda row: [p["path"] for m in row["messages"] for p in m["content"] if p["type"] == "audio"]
     for row in rows:
         for path, spec in zip(row["images"], row["media"]["images"]):
             assert _image_attributes(path) == (spec["colour"], spec["shape"], spec["count"])
         for path, spec in zip(audio_paths(row), row["media"]["audios"]):
             assert _audio_attributes(path) == (spec["count"], spec["pitch"])
+
+
+def test_media_match_recorded_attributes(written):
+    _assert_media_match_recorded_attributes(_rows(written["train"]) + _rows(written["test"]))
 
 
 def test_answers_follow_from_media_and_wording(written):
@@ -178,13 +182,8 @@ def test_equal_pairs_raises_the_share_of_equal_items_in_same_questions(tmp_path)
     assert natural < 0.35 < 0.55 < _same_question_yes_share(balanced_specs)
     # The re-drawn items are whole, valid media: pixels and waveforms still show the recorded attributes.
     rows = [render_row(spec, f"b{i}", tmp_path, balanced_cfg) for i, spec in enumerate(balanced_specs[:40])]
-    audio_paths = lambda row: [p["path"] for m in row["messages"] for p in m["content"] if p["type"] == "audio"]
-    for row in rows:
-        for path, spec in zip(row["images"], row["media"]["images"]):
-            assert len(spec["cells"]) == spec["count"]
-            assert _image_attributes(path) == (spec["colour"], spec["shape"], spec["count"])
-        for path, spec in zip(audio_paths(row), row["media"]["audios"]):
-            assert _audio_attributes(path) == (spec["count"], spec["pitch"])
+    assert all(len(spec["cells"]) == spec["count"] for row in rows for spec in row["media"]["images"])
+    _assert_media_match_recorded_attributes(rows)
     # Off by default: the held-out split (and any default stream) draws its media independently, as before.
     assert TaskConfig().equal_pairs == 0.0
 

@@ -23,7 +23,8 @@ def main(seed: int = 2, n: int = 3000):
                             caption_share=s.caption_share, text_share=s.text_share)
     rows = hashlib.sha1()
     for row in itertools.islice(stream, n):
-        rows.update(json.dumps([(p.get("type"), p.get("text")) for m in row["messages"] for p in m["content"]]).encode())
+        parts = [(p.get("type"), p.get("text")) for m in row["messages"] for p in m["content"]]
+        rows.update(json.dumps(parts).encode())
     corpus = hashlib.sha1("\n".join(tokenizer_corpus(task_config())).encode())
     print(f"stream (seed {seed}, {n} rows): {rows.hexdigest()}")
     print(f"tokenizer corpus: {corpus.hexdigest()}")
