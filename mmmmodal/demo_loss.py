@@ -2,7 +2,7 @@
 
 TRL's `SFTTrainer` scores a batch through its fused LM head (`trl.trainer.utils.add_fused_lm_head`). Off Triton
 devices that head scores *every* position, to keep tile shapes fixed for compilers. On the demo's CPU, where about
-6% of the positions of a stage-2 batch carry a label, that makes a training step ~35% slower than projecting the
+6% of the positions of a stage-2 batch carry a label, that makes a training step ~1.35x as long as projecting the
 labelled positions alone (`python notes/scripts/loss_time.py DIR/checkpoint`). The loss is the same number: the mean
 next-token cross-entropy over the labelled positions (or their sum over `num_items_in_batch`, as `Trainer` passes
 it), so the gradients are the same too (tests/test_demo_training.py).

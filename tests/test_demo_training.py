@@ -57,7 +57,7 @@ def test_labelled_loss_divides_by_num_items_in_batch_when_given(tiny, batch):
 def test_lr_factor_warms_up_by_steps_then_holds_and_decays_over_the_last_share_of_the_time():
     assert [lr_factor(step, 0.0, 4) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_factor(3, 0.9, 4) == 1.0  # warmup counts steps, whatever the clock says
-    # decay over the whole stage (the default): 1 - progress, down to the floor
+    # decay over the whole stage (decay_fraction 1.0, the function's default): 1 - progress, down to the floor
     assert [lr_factor(10, p, 4) for p in (0.0, 0.25, 0.5)] == [1.0, 0.75, 0.5]
     assert lr_factor(10, 0.99, 4) == lr_factor(10, 1.5, 4) == 0.05
     # decay over the last 40%: constant until 60% of the time, half at 80%

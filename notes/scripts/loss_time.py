@@ -3,36 +3,25 @@ labelled positions only (mmmmodal/demo_loss.py; notes/demo.md, round 6).
 
     python notes/scripts/loss_time.py DIR/checkpoint      # DIR: the --out folder of `mmmmodal demo`
 
-One torch thread (as the demo trains), batch 32, batches of the stage-2 stream (past the curriculum) collated
+One torch thread (as the demo trains), batch 32, batches of the stage-2 stream (no curriculum) collated
 beforehand: the model's forward + backward + AdamW step alone. The two ways alternate, twice each, on the same
 batches; prints seconds per step of each and their ratio.
 """
 
-import itertools
 import sys
 import time
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl.trainer.utils import add_fused_lm_head
 
-from mmmmodal.demo_collate import project_collator
-from mmmmodal.demo_data import stream_rows
+from _stage2 import load_for_stage2, stage2_batches
 from mmmmodal.demo_loss import labelled_loss
 
 
 def main(checkpoint: str, batch_size: int = 32, n_batches: int = 14):
-    torch.set_num_threads(1)
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-    model.set_training_stage(2)
-    model.train()
+    model, processor = load_for_stage2(checkpoint)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # what SFTTrainer's compute_loss calls
-    collator = project_collator(processor)
-    rows = list(itertools.islice(stream_rows(seed=3, batch_size=batch_size, caption_share=0.1),
-                                 batch_size * (n_batches + 30)))[-batch_size * n_batches:]
-    batches = [collator([{"messages": r["messages"], "images": r["images"]} for r in rows[i : i + batch_size]])
-               for i in range(0, len(rows), batch_size)]
+    batches = stage2_batches(processor, batch_size, n_batches)
     share = sum(int((b["labels"] != -100).sum()) for b in batches) / sum(b["labels"].numel() for b in batches)
     print(f"{share:.1%} of the positions carry a label", flush=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)

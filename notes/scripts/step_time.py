@@ -6,29 +6,19 @@ One torch thread (as the demo trains), batches of the stage-2 stream collated be
 forward + backward + AdamW step alone. Prints seconds per step and milliseconds per row.
 """
 
-import itertools
 import sys
 import time
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from mmmmodal.demo_collate import project_collator
-from mmmmodal.demo_data import stream_rows
+from _stage2 import load_for_stage2, stage2_batches
 
 
 def main(checkpoint: str):
-    torch.set_num_threads(1)
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-    model.set_training_stage(2)
-    model.train()
-    collator = project_collator(processor)
+    model, processor = load_for_stage2(checkpoint)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for batch_size in (32, 16):
-        rows = list(itertools.islice(stream_rows(seed=3, batch_size=batch_size, caption_share=0.1), batch_size * 24))
-        batches = [collator([{"messages": r["messages"], "images": r["images"]} for r in rows[i : i + batch_size]])
-                   for i in range(0, len(rows), batch_size)]
+        batches = stage2_batches(processor, batch_size, 24)
         for k, batch in enumerate(batches):
             if k == 4:  # the first steps warm up
                 start = time.time()
