@@ -337,6 +337,15 @@ class MMMModalProcessor(ProcessorMixin):
         """
         return super().apply_chat_template(_drop_none_keys(conversation), *args, **kwargs)
 
+    def _adjust_assistant_masks_indices(self, processed_dict, generation_indices):
+        """The base class, given the offsets as lists rather than a tensor: it walks every token's offsets once per
+        assistant span in Python, and walking a tensor element by element took more than half of a training
+        batch's collation (notes/demo.md, round 7)."""
+        offsets = processed_dict.get("offset_mapping")
+        if offsets is not None and hasattr(offsets, "tolist"):
+            processed_dict["offset_mapping"] = offsets.tolist()
+        return super()._adjust_assistant_masks_indices(processed_dict, generation_indices)
+
     def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params, load_audio_from_video=False):
         """Same as the base class, but a media part that cannot be read raises an error naming it."""
         try:
