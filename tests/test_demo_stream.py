@@ -171,6 +171,18 @@ def test_text_share_gives_whole_conversations_as_text():
         len(m["content"]) - n for m, n in zip(plain["messages"], media_per_message)]
 
 
+def test_demo_tokenizer_writes_the_chat_templates_role_names_as_one_token_each():
+    """The chat template writes "<|im_start|>user" / "<|im_start|>assistant" twice per turn: whole role names keep
+    ~15 tokens per conversation off every training step."""
+    from mmmmodal.demo import DemoSettings
+    from mmmmodal.demo_data import tokenizer_corpus
+    from mmmmodal.tiny import train_tokenizer
+
+    tokenizer = train_tokenizer(tokenizer_corpus(task_config()), vocab_size=DemoSettings().vocab_size)
+    assert tokenizer.tokenize("user\nhi")[0] == "user"
+    assert tokenizer.tokenize("assistant\nlow")[:2] == ["assistant", "\u010a"]
+
+
 def test_demo_tokenizer_keeps_every_word_of_an_explained_answer_whole():
     """The demo's locally trained tokenizer writes "mid, mid: yes" as five tokens: the first value is the token of
     the one-word answer ("mid"), the second its space-prefixed twin, and the verdict one token (what
