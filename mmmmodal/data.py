@@ -179,8 +179,9 @@ def run_convert(args) -> int:
 def run_synthetic(args) -> int:
     from processing.synthetic_task import TaskConfig, write_synthetic
 
-    cfg = TaskConfig(args.image_size, args.clip_seconds, args.max_images, args.max_audios, args.max_turns,
-                     tuple(args.languages.split(",")), explain_comparisons=not args.one_word_comparisons)
+    cfg = TaskConfig(image_size=args.image_size, clip_seconds=args.clip_seconds, max_images=args.max_images,
+                     max_audios=args.max_audios, max_turns=args.max_turns, languages=tuple(args.languages.split(",")),
+                     explain_comparisons=not args.one_word_comparisons, beep_seconds=args.beep_seconds)
     return _dump(write_synthetic(args.out, args.train, args.test, args.seed, cfg, args.alignment))
 
 
@@ -262,6 +263,8 @@ def _register_offline(sub, fmt):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--clip-seconds", type=float, default=1.5)
+    p.add_argument("--beep-seconds", type=float, default=0.15,
+                   help="length of each beep and of each gap (four beeps need 7x this plus a 0.2 s onset)")
     p.add_argument("--max-images", type=int, default=3)
     p.add_argument("--max-audios", type=int, default=3)
     p.add_argument("--max-turns", type=int, default=4)

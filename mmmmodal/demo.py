@@ -10,6 +10,7 @@ checkpoint, reload it with `trust_remote_code=True`, answer one multi-turn conve
 """
 
 import json
+import math
 import os
 import random
 import time
@@ -130,8 +131,9 @@ def _build(out: Path, settings: DemoSettings, vision, audio, text, seed: int):
     from mmmmodal.tiny import TinySizes, save_tiny_parts
     from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
 
+    window = math.ceil(task_config().clip_seconds)  # one Whisper window holds a whole clip
     sizes = TinySizes(hidden_size=settings.hidden_size, layers=settings.layers, heads=settings.heads,
-                      image_size=32, patch_size=16, audio_window_seconds=2, vocab_size=settings.vocab_size)
+                      image_size=32, patch_size=16, audio_window_seconds=window, vocab_size=settings.vocab_size)
     tiny = {}
     if not (vision and audio and text):
         tiny = save_tiny_parts(out / "parts", sizes, corpus=tokenizer_corpus(task_config()), seed=seed)
@@ -142,7 +144,7 @@ def _build(out: Path, settings: DemoSettings, vision, audio, text, seed: int):
     built = [name for name in parts if parts[name] == tiny.get(name)]
     description = (f"tiny parts built offline for {', '.join(built) or 'none'} "
                    f"(hidden {sizes.hidden_size}, {sizes.layers} layers, {sizes.heads} heads, 32 px images with "
-                   f"16 px patches, 2 s Whisper windows, BPE tokenizer of {len(processor.tokenizer)} tokens trained "
+                   f"16 px patches, {window} s Whisper windows, BPE tokenizer of {len(processor.tokenizer)} tokens trained "
                    f"locally); given: {', '.join(f'{k}={v}' for k, v in parts.items() if k not in built) or 'none'}")
     return model, processor, description, built
 
@@ -324,8 +326,10 @@ def run(out, vision=None, audio=None, text=None, minutes=None, seed: int = 0, qu
     stage0 = None
     if {"vision", "audio"} & set(built):
         _say(clock, "stage 0: pretraining the tiny towers on media attributes (stand-in for pretrained encoders)")
+        task = task_config()
         stage0 = pretrain_towers(model, processor, min(settings.stage0_fraction * budget, settings.stage0_max_seconds),
-                                 image_size=32, clip_seconds=1.5, seed=seed, pool_size=settings.stage0_pool,
+                                 image_size=task.image_size, clip_seconds=task.clip_seconds,
+                                 beep_seconds=task.beep_seconds, seed=seed, pool_size=settings.stage0_pool,
                                  n_eval=settings.stage0_eval, min_steps=2 if quick else 1)
         _say(clock, f"stage 0: {stage0.steps} steps, held-out accuracy "
                     + ", ".join(f"{k} {v:.2f}" for k, v in stage0.accuracy.items()))

@@ -55,9 +55,9 @@ def _image_batch(processor, rng, n: int, size: int):
     return pixels, labels
 
 
-def _audio_batch(processor, rng, n: int, seconds: float):
+def _audio_batch(processor, rng, n: int, seconds: float, beep_seconds: float):
     specs = [sample_audio_spec(rng) for _ in range(n)]
-    waves = [synth_audio(s, seconds, seed=rng.randrange(2**31)) for s in specs]
+    waves = [synth_audio(s, seconds, beep_seconds, beep_seconds, seed=rng.randrange(2**31)) for s in specs]
     extractor = processor.feature_extractor
     feats = extractor(waves, sampling_rate=extractor.sampling_rate, padding="max_length",
                       return_attention_mask=True, return_tensors="pt")
@@ -85,7 +85,8 @@ def _loss_and_hits(logits, labels):
     return loss, hits
 
 
-def pretrain_towers(model, processor, seconds: float, image_size: int, clip_seconds: float, seed: int = 0,
+def pretrain_towers(model, processor, seconds: float, image_size: int, clip_seconds: float, beep_seconds: float = 0.15,
+                    seed: int = 0,
                     batch_size: int = 64, lr: float = 3e-3, target: float = 0.98, n_eval: int = 256,
                     pool_size: int = 768, min_steps: int = 1) -> Stage0Result:
     """Train both towers (plus throwaway heads) on attribute classification for at most `seconds`.
@@ -103,10 +104,10 @@ def pretrain_towers(model, processor, seconds: float, image_size: int, clip_seco
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     result, start = Stage0Result(), time.time()
     held_out = {"image": _image_batch(processor, eval_rng, n_eval, image_size),
-                "audio": _audio_batch(processor, eval_rng, n_eval, clip_seconds)}
+                "audio": _audio_batch(processor, eval_rng, n_eval, clip_seconds, beep_seconds)}
     # One pool of training media, drawn once: per-step synthesis would cost more than the tiny towers' steps.
     pool_images = _image_batch(processor, rng, pool_size, image_size)
-    pool_audio = _audio_batch(processor, rng, pool_size, clip_seconds)
+    pool_audio = _audio_batch(processor, rng, pool_size, clip_seconds, beep_seconds)
     bar = tqdm(desc="stage 0 (tower pretraining)", unit="step")
     while time.time() - start < seconds or result.steps < min_steps:
         for m in (*towers.values(), *heads.values()):

@@ -47,6 +47,9 @@ class TaskConfig:
     # a training stream can raise the share of equal pairs so that "yes" is not a rare answer. 0 (the default,
     # and the held-out split) draws nothing extra.
     equal_pairs: float = 0.0
+    # Length of each beep and of each gap between two beeps: four beeps take 7 x this, plus an onset of up to 0.2 s,
+    # within `clip_seconds` (0.1 fits 1 s clips).
+    beep_seconds: float = 0.15
 
 
 def _intro_turns(rng, n_media: int, n_turns: int) -> list:
@@ -162,7 +165,7 @@ def _write_media(spec: dict, row_id: str, media_dir, cfg: TaskConfig):
     for k, audio in enumerate(spec["audios"]):
         name = f"{row_id}_audio{k + 1}.wav"
         noise_seed = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
-        wave = synth_audio(audio, cfg.clip_seconds, seed=noise_seed)
+        wave = synth_audio(audio, cfg.clip_seconds, cfg.beep_seconds, cfg.beep_seconds, seed=noise_seed)
         if media_dir is None:
             audios.append({"audio": wave})
             continue

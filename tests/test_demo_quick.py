@@ -76,6 +76,15 @@ def test_conversation_has_two_images_two_clips_and_several_turns(demo_out):
     assert all(isinstance(t["answer"], str) and t["expected"] for t in turns)
 
 
+def test_every_clip_of_the_task_fills_exactly_one_whisper_window(demo_out):
+    """The demo sizes the tiny Whisper's window to the task's clips: no clip is split, none padded with silence
+    that the frozen audio tower would still have to encode."""
+    from mmmmodal.demo_data import task_config
+
+    extractor = json.loads((demo_out / "checkpoint" / "processor_config.json").read_text())["feature_extractor"]
+    assert extractor["n_samples"] == round(task_config().clip_seconds * extractor["sampling_rate"])
+
+
 def test_checkpoint_reloads_with_remote_code(demo_out):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

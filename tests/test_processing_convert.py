@@ -5,6 +5,7 @@ import json
 import logging
 
 import pytest
+import soundfile as sf
 
 from _fixtures_processing import write_clips, write_images
 from processing.convert import convert_records, load_records, record_to_row, to_dataset
@@ -122,6 +123,11 @@ def test_cli_convert_and_synthetic(media, tmp_path):
     assert main(["data", "synthetic", "--out", str(syn), "--train", "5", "--test", "3", "--alignment", "2",
                  "--image-size", "32"]) == 0
     assert len(load_records(syn / "train.jsonl")) == 5 and len(load_records(syn / "alignment.jsonl")) == 2
+    short = tmp_path / "short"  # the demo's clips: 1 s of 0.1 s beeps
+    assert main(["data", "synthetic", "--out", str(short), "--train", "5", "--test", "1", "--image-size", "32",
+                 "--clip-seconds", "1", "--beep-seconds", "0.1"]) == 0
+    clips = sorted((short / "media").rglob("*.wav"))
+    assert clips and {sf.info(path).duration for path in clips} == {1.0}
     plain = tmp_path / "plain"  # same seed, comparisons answered by their verdict alone
     assert main(["data", "synthetic", "--out", str(plain), "--train", "40", "--test", "1", "--image-size", "32",
                  "--one-word-comparisons"]) == 0

@@ -94,6 +94,21 @@ def test_media_match_recorded_attributes(written):
     _assert_media_match_recorded_attributes(_rows(written["train"]) + _rows(written["test"]))
 
 
+def test_shorter_beeps_fit_the_task_into_one_second_clips(tmp_path):
+    """`beep_seconds` sets both a beep's length and the gap after it: at 0.1 s four beeps and the latest onset fit a
+    1 s clip (the demo's setting), which at the default 0.15 s they do not."""
+    cfg = TaskConfig(image_size=32, clip_seconds=1.0, beep_seconds=0.1)
+    written = write_synthetic(tmp_path / "short", n_train=40, n_test=0, seed=5, cfg=cfg)
+    rows = _rows(written["train"])
+    clips = [p["path"] for row in rows for m in row["messages"] for p in m["content"] if p["type"] == "audio"]
+    counts = {spec["count"] for row in rows for spec in row["media"]["audios"]}
+    assert len(clips) > 20 and counts == {1, 2, 3, 4}
+    assert {sf.info(path).frames for path in clips} == {SAMPLING_RATE}
+    _assert_media_match_recorded_attributes(rows)
+    with pytest.raises(ValueError, match="raise `seconds` or shorten `beep_s`"):
+        write_synthetic(tmp_path / "long", n_train=40, n_test=0, seed=5, cfg=TaskConfig(image_size=32, clip_seconds=1.0))
+
+
 def test_answers_follow_from_media_and_wording(written):
     rows = _rows(written["train"])
     seen = set()
