@@ -55,11 +55,11 @@ def tokenizer_corpus(cfg: TaskConfig) -> list[str]:
         lines += [" ".join(YES_NO[language]), " ".join(MORE[language]), " ".join(NUMBER_WORDS[language].values())]
     lines += [" ".join(COLOURS), " ".join(v[1] for v in COLOURS.values()), " ".join(SHAPES), " ".join(SHAPES.values())]
     lines += [" ".join(PITCHES), " ".join(v[1] for v in PITCHES.values()), "bip beep beeps circles squares"]
-    # Answers start the assistant turn with no space before them: train them as lines of their own too, so that
-    # every answer is one token (a byte-level BPE word at a line start has no leading-space marker).
     # The chat template's role names follow <|im_start|> at a line start: "user" and "assistant" whole (one token
     # each, as in any pretrained LLM's vocabulary) instead of 3 and 6 pieces, ~15 tokens fewer per conversation.
     lines += ["user", "assistant"]
+    # Answers start the assistant turn with no space before them: train them as lines of their own too, so that
+    # every answer is one token (a byte-level BPE word at a line start has no leading-space marker).
     answers = {a for q in QUESTION_TYPES.values() for language in cfg.languages for a in q.space(language)}
     lines += sorted(answers)
     for qtype in (q for q in QUESTION_TYPES.values() if q.cross):  # explained comparisons: "3, 2: yes"

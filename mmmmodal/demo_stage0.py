@@ -85,10 +85,9 @@ def _loss_and_hits(logits, labels):
     return loss, hits
 
 
-def pretrain_towers(model, processor, seconds: float, image_size: int, clip_seconds: float, beep_seconds: float = 0.15,
-                    seed: int = 0,
-                    batch_size: int = 64, lr: float = 3e-3, target: float = 0.98, n_eval: int = 256,
-                    pool_size: int = 768, min_steps: int = 1) -> Stage0Result:
+def pretrain_towers(model, processor, seconds: float, image_size: int, clip_seconds: float,
+                    beep_seconds: float = 0.15, seed: int = 0, batch_size: int = 64, lr: float = 3e-3,
+                    target: float = 0.98, n_eval: int = 256, pool_size: int = 768, min_steps: int = 1) -> Stage0Result:
     """Train both towers (plus throwaway heads) on attribute classification for at most `seconds`.
 
     Stops early once every held-out attribute accuracy reaches `target`. Leaves the towers in eval mode.
