@@ -131,12 +131,13 @@ def _build(out: Path, settings: DemoSettings, vision, audio, text, seed: int):
     from mmmmodal.tiny import TinySizes, save_tiny_parts
     from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
 
-    window = math.ceil(task_config().clip_seconds)  # one Whisper window holds a whole clip
+    task = task_config()
+    window = math.ceil(task.clip_seconds)  # one Whisper window holds a whole clip
     sizes = TinySizes(hidden_size=settings.hidden_size, layers=settings.layers, heads=settings.heads,
                       image_size=32, patch_size=16, audio_window_seconds=window, vocab_size=settings.vocab_size)
     tiny = {}
     if not (vision and audio and text):
-        tiny = save_tiny_parts(out / "parts", sizes, corpus=tokenizer_corpus(task_config()), seed=seed)
+        tiny = save_tiny_parts(out / "parts", sizes, corpus=tokenizer_corpus(task), seed=seed)
     parts = {"vision": vision or tiny.get("vision"), "audio": audio or tiny.get("audio"), "text": text or tiny.get("text")}
     processor = MMMModalProcessor.from_parts(parts["vision"], parts["audio"], parts["text"])
     model = MMMModalForConditionalGeneration.from_parts(parts["vision"], parts["audio"], parts["text"],

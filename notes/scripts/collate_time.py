@@ -11,14 +11,16 @@ the two walks take turns, twice each, after a warm-up batch; the faster pass of 
 import itertools
 import sys
 import time
-import types
+from pathlib import Path
 
 import torch
 from transformers import AutoProcessor
-from transformers.processing_utils import ProcessorMixin
 
 from mmmmodal.demo_collate import project_collator
 from mmmmodal.demo_data import stream_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: benchmarks/ is not installed
+from benchmarks.processor import with_base_mask_walk  # noqa: E402
 
 
 def main(checkpoint: str, batch_size: int = 32, n_batches: int = 15):
@@ -29,10 +31,9 @@ def main(checkpoint: str, batch_size: int = 32, n_batches: int = 15):
     generate = (time.perf_counter() - start) / (n_batches + 1)
     batches = [[{"messages": r["messages"], "images": r["images"]} for r in rows[i : i + batch_size]]
                for i in range(0, len(rows), batch_size)]
-    processors = {"list offsets (MMMModalProcessor)": AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)}
-    peer = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-    peer._adjust_assistant_masks_indices = types.MethodType(ProcessorMixin._adjust_assistant_masks_indices, peer)
-    processors["tensor offsets (transformers)"] = peer
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    processors = {"list offsets (MMMModalProcessor)": processor,
+                  "tensor offsets (transformers)": with_base_mask_walk(processor)}
     best = {}
     for name, processor in list(processors.items()) * 2:
         walk, spent = processor._adjust_assistant_masks_indices, [0.0]

@@ -14,13 +14,13 @@ import argparse
 import time
 from collections import defaultdict
 
+import torch
+
 from _stage2 import load_for_stage2, stage2_batches
 from mmmmodal.demo_loss import labelled_loss
 
 
 def timed_pass(model, batches, warmup: int = 3) -> dict:
-    import torch
-
     parts, starts, totals = defaultdict(float), {}, defaultdict(float)
     hooks = []
     for name, module in model.model.named_children():
