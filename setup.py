@@ -9,15 +9,17 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_mmmmodal", "processing", "mmmmodal", "mmmmodal.*", "processing.*"]),
+    # Ranges, each tested at its ends (README, "Supported versions"); constraints.txt pins the exact stack CI runs.
+    # The checkpoints' own code (modeling_mmmmodal/) needs only transformers >= 5.16.1, < 6 and torch.
     install_requires=[
-        "torch==2.13.0",
-        "transformers==5.23.*",
-        "trl==1.16.*",
-        "peft==0.21.*",
-        "accelerate==1.15.*",
-        "deepspeed==0.19.8",
-        "datasets==5.2.*",
-        "safetensors==0.8.*",
+        "torch>=2.13,<3",
+        "transformers>=5.16.1,<6",
+        "trl>=1.16,<2",
+        "peft>=0.21,<1",
+        "accelerate>=1.15,<2",
+        "deepspeed>=0.19.8,<0.20",
+        "datasets>=5.2,<6",
+        "safetensors>=0.8,<1",
         "tokenizers",
         "numpy",
         "pillow",
@@ -29,10 +31,13 @@ setup(
     ],
     extras_require={
         "serve": ["fastapi", "uvicorn"],
-        "ui": ["gradio==6.31.*"],
-        # everything the test suite drives: the server (with the official openai client) and the web demo in a
-        # real browser (Playwright's Python API; the browser itself is Debian's chromium, see .ci/install_browser.sh)
-        "test": ["pytest", "pytest-timeout", "openai", "fastapi", "uvicorn", "gradio==6.31.*", "playwright==1.65.*"],
+        "ui": ["gradio>=6.31,<7"],
+        # everything the test suite drives: the server (with the official openai client), the web demo in a real
+        # browser (Playwright's Python API; the browser itself is Debian's chromium) and datasets' Audio feature
+        # (torchcodec, which needs Debian's FFmpeg libraries; 0.13 is the release built for torch 2.13). The Debian
+        # packages: .ci/install_system_packages.sh.
+        "test": ["pytest", "pytest-timeout", "openai", "fastapi", "uvicorn", "gradio>=6.31,<7", "playwright>=1.65,<2",
+                 "torchcodec==0.13.*"],
     },
     entry_points={"console_scripts": ["mmmmodal=mmmmodal.cli:main"]},
 )

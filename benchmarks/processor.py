@@ -8,8 +8,9 @@ Rows mix 1-3 media each (an image with probability 0.6, else a 1-5 s clip), as t
 - `tokenizer`: the tokenizer alone on the same texts: the floor under the processor's text side (its span
   expansion and padding add to it).
 - `collator, 4 turns`: the collator on the same rows grown to four user/assistant turns, against the same
-  collator walking the assistant mask with transformers' own `_adjust_assistant_masks_indices` on offsets left
-  as a tensor (what `MMMModalProcessor` overrides): the ratio is the collator's speed-up from that override.
+  collator rendering through transformers' own `ProcessorMixin.apply_chat_template`, which walks the assistant
+  mask over offsets left as a tensor (`MMMModalProcessor.apply_chat_template` hands it lists): the ratio is the
+  collator's speed-up from that.
 Peak memory is Python-tracked allocations (tracemalloc: numpy buffers included, torch tensors not), over the
 first 25 batches (a second pass: tracing slows what it traces).
 """
@@ -72,9 +73,9 @@ def multi_turn(rows: list[dict], turns: int = 4) -> list[dict]:
 
 
 def with_base_mask_walk(processor):
-    """A copy of `processor` that walks the assistant mask with `ProcessorMixin`'s method, offsets as a tensor."""
+    """A copy of `processor` whose chat template goes through `ProcessorMixin`'s own method: mask walk on tensors."""
     peer = copy.copy(processor)
-    peer._adjust_assistant_masks_indices = types.MethodType(ProcessorMixin._adjust_assistant_masks_indices, peer)
+    peer.apply_chat_template = types.MethodType(ProcessorMixin.apply_chat_template, peer)
     return peer
 
 

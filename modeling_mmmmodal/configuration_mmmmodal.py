@@ -1,10 +1,37 @@
 """MMMModal configuration: a SigLIP vision tower, a Whisper audio encoder and any causal LM.
 
-This file ships with every checkpoint: it may import only transformers (and the standard library).
+This file ships with every checkpoint: it may import only transformers (and the standard library). It also holds
+the one place where the supported transformers releases differ (see "transformers releases" below).
 """
 
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers.utils.versions import require_version
+
+# ----------------------------------------------------------------------------------------- transformers releases
+# The three shipped files work on every transformers release in this range. Checked first, so that any other
+# release fails here with the range named, never deep inside a later import or call.
+SUPPORTED_TRANSFORMERS = "transformers>=5.16.1,<6"
+require_version(
+    SUPPORTED_TRANSFORMERS, "This MMMModal checkpoint's code supports these transformers releases only: "
+    "`pip install 'transformers>=5.16.1,<6'`."
+)
+
+from transformers import AutoConfig, PreTrainedConfig  # noqa: E402  (after the version check, on purpose)
+
+# What differs inside that range is decided here, by feature checks, and nowhere else:
+# - 5.20 declares sub-configs with `SubConfigSpec` (class + default model type + optional) in
+#   `sub_configs_defaults`; 5.16-5.19 take a plain `sub_configs = {name: AutoConfig}` dict.
+# - 5.24 renamed the KV cache `past_key_values` -> `cache`, in forward arguments and model outputs
+#   (`CACHE_KWARG`, used by the model).
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # transformers < 5.20
+    SubConfigSpec = None
+try:
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    CACHE_KWARG = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+except ImportError:  # no torch: configs and processors still work, models need torch anyway
+    CACHE_KWARG = None
 
 # The special tokens of the span format. The processor writes `<image>` + N x `<|image_pad|>` + `</image>`
 # for every image (and the same for audio); the model writes projected features over the pad tokens.
@@ -28,6 +55,13 @@ SPECIAL_TOKENS = (
 )
 
 TRAINING_STAGES = (None, 1, 2)
+
+# The sub-configs: name -> (model type when none is given, whether it may be None: a model without that tower).
+SUB_CONFIGS = {
+    "vision_config": ("siglip_vision_model", True),
+    "audio_config": ("whisper", True),
+    "text_config": ("llama", False),
+}
 
 # Written into every saved config so that all the usual auto classes resolve to our code with
 # `trust_remote_code=True` (`register_for_auto_class` records only one class per object).
@@ -118,11 +152,14 @@ class MMMModalConfig(PreTrainedConfig):
     """
 
     model_type = "mmmmodal"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model", optional=True),
-        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    # Declared to transformers in the form its release takes (see "transformers releases" above).
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            key: SubConfigSpec(config_class=AutoConfig, model_type=default_type, optional=optional)
+            for key, (default_type, optional) in SUB_CONFIGS.items()
+        }
+    else:
+        sub_configs = {key: AutoConfig for key in SUB_CONFIGS}
 
     def __init__(
         self,
@@ -181,15 +218,15 @@ class MMMModalConfig(PreTrainedConfig):
 
     @classmethod
     def _sub_config(cls, key, value):
-        spec = cls.sub_configs_defaults[key]
-        if value is None and spec.optional:
+        default_model_type, optional = SUB_CONFIGS[key]
+        if value is None and optional:
             return None
         if isinstance(value, PreTrainedConfig):
             return value
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"`{key}` must be a dict, a PreTrainedConfig or None, got {type(value).__name__}.")
         value = dict(value or {})
-        model_type = value.pop("model_type", spec.model_type)
+        model_type = value.pop("model_type", default_model_type)
         return AutoConfig.for_model(model_type, **value)
 
     @property

@@ -13,18 +13,18 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
 
 from .configuration_mmmmodal import (
     AUDIO_END_TOKEN,
     AUDIO_PAD_TOKEN,
     AUDIO_TOKEN,
+    CACHE_KWARG,
     IMAGE_END_TOKEN,
     IMAGE_PAD_TOKEN,
     IMAGE_TOKEN,
-    TRAINING_STAGES,
     TRAINING_STAGES,
     TURN_END_TOKEN,
     MMMModalConfig,
@@ -34,6 +34,8 @@ from .configuration_mmmmodal import (
 logger = logging.get_logger(__name__)
 
 
+# Both output classes extend transformers' own, so the KV cache field has the name this release gives it
+# (`past_key_values`, or `cache` from 5.24 on: `CACHE_KWARG`).
 @dataclass
 class MMMModalModelOutputWithPast(BaseModelOutputWithPast):
     r"""
@@ -48,21 +50,25 @@ class MMMModalModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class MMMModalCausalLMOutputWithPast(ModelOutput):
+class MMMModalCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    loss (`torch.Tensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
-        Language modeling loss (next-token prediction), averaged over labelled tokens.
-    logits (`torch.Tensor` of shape `(batch_size, sequence_length, vocab_size)`):
-        Prediction scores of the language modeling head.
+    image_hidden_states (`torch.Tensor` of shape `(num_image_tokens, hidden_size)`, *optional*):
+        Projected image features, in the order they were written into the sequence.
+    audio_hidden_states (`torch.Tensor` of shape `(num_audio_tokens, hidden_size)`, *optional*):
+        Projected audio features, trimmed to each clip's length, in sequence order.
     """
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor] | None = None
-    attentions: tuple[torch.Tensor] | None = None
     image_hidden_states: torch.Tensor | None = None
     audio_hidden_states: torch.Tensor | None = None
+
+
+def _cache_kwargs(past_key_values, kwargs: dict) -> dict:
+    """The KV cache, given as `past_key_values` or `cache` (transformers 5.24+), under the name this release's
+    language models take. Pops `cache` from `kwargs`."""
+    cache = kwargs.pop("cache", None)
+    if past_key_values is not None and cache is not None:
+        raise ValueError("Got both `past_key_values` and `cache`: they are the same argument, pass one.")
+    return {CACHE_KWARG: past_key_values if past_key_values is not None else cache}
 
 
 class MMMModalMultiModalProjector(nn.Module):
@@ -112,7 +118,7 @@ class MMMModalPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "audio", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_KWARG]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -156,6 +162,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
         """Encode images with the vision tower and project the chosen hidden layer.
 
@@ -165,19 +172,25 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
         Returns:
             The tower's `BaseModelOutputWithPooling`, with `pooler_output` replaced by the projected features,
-            a tuple of `(num_patches, hidden_size)` tensors, one per image.
+            a tuple of `(num_patches, hidden_size)` tensors, one per image (`return_dict=False`: as a tuple).
         """
         if self.vision_tower is None:
             raise ValueError("Got `pixel_values`, but this model has no vision tower (`config.vision_config` is None).")
-        kwargs.pop("return_dict", None)
         kwargs["output_hidden_states"] = True
         pixel_values = pixel_values.to(self.vision_tower.dtype)
         image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
         selected = image_outputs.hidden_states[self.config.vision_feature_layer]  # (N, P, C_vision)
         image_features = self.multi_modal_projector(selected)  # (N, P, C_text)
-        image_outputs.pooler_output = tuple(image_features)
-        return image_outputs
+        # A new output rather than setting `pooler_output` on the tower's: a field set after the fact goes last in
+        # `to_tuple()` (`return_dict=False`), where the field order is wanted.
+        return BaseModelOutputWithPooling(
+            last_hidden_state=image_outputs.last_hidden_state,
+            pooler_output=tuple(image_features),
+            hidden_states=image_outputs.hidden_states,
+            attentions=image_outputs.attentions,
+        )
 
+    @can_return_tuple
     def get_audio_features(
         self, input_features: torch.FloatTensor, input_features_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
@@ -191,11 +204,11 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
         Returns:
             The encoder's `BaseModelOutputWithPooling`, with `pooler_output` replaced by a tuple of projected
-            `(tokens_of_window, hidden_size)` tensors, one per window, trimmed with `audio_token_lengths`.
+            `(tokens_of_window, hidden_size)` tensors, one per window, trimmed with `audio_token_lengths`
+            (`return_dict=False`: as a tuple).
         """
         if self.audio_tower is None:
             raise ValueError("Got `input_features`, but this model has no audio tower (`config.audio_config` is None).")
-        kwargs.pop("return_dict", None)
         kwargs["output_hidden_states"] = True
         input_features = input_features.to(self.audio_tower.dtype)
         audio_outputs = self.audio_tower(input_features, return_dict=True, **kwargs)
@@ -207,8 +220,14 @@ class MMMModalModel(MMMModalPreTrainedModel):
             mel_lengths = input_features_mask.sum(-1).to(selected.device)
         lengths = audio_token_lengths(mel_lengths, self.config.audio_projector_kernel_size, self.config.audio_projector_stride)
         keep = torch.arange(audio_features.shape[1], device=selected.device)[None, :] < lengths[:, None]
-        audio_outputs.pooler_output = torch.split(audio_features[keep], lengths.tolist())
-        return audio_outputs
+        # A new output rather than setting `pooler_output` on the tower's: a field set after the fact goes last in
+        # `to_tuple()` (`return_dict=False`), where the field order is wanted.
+        return BaseModelOutputWithPooling(
+            last_hidden_state=audio_outputs.last_hidden_state,
+            pooler_output=torch.split(audio_features[keep], lengths.tolist()),
+            hidden_states=audio_outputs.hidden_states,
+            attentions=audio_outputs.attentions,
+        )
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, token_id: int, features: torch.Tensor, name: str):
         """Boolean mask (B, S, 1) of the `name` pad tokens; raises if their count differs from the features'."""
@@ -264,6 +283,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
             features = features + 0.0 * outputs.last_hidden_state.sum().to(features.dtype)
         return inputs_embeds.masked_scatter(mask, features), (features if given else None)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -283,7 +303,10 @@ class MMMModalModel(MMMModalPreTrainedModel):
             Whisper log-mel features of every audio window, in the order of the `<audio>` spans.
         input_features_mask (`torch.Tensor` of shape `(num_windows, window_frames)`, *optional*):
             Valid mel frames of each window; sets how many tokens each window yields.
+        past_key_values (`Cache`, *optional*):
+            The KV cache; transformers 5.24+ passes it as `cache`, which is accepted too.
         """
+        cache = _cache_kwargs(past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -303,13 +326,14 @@ class MMMModalModel(MMMModalPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **cache,
             **kwargs,
         )
         return MMMModalModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_KWARG: getattr(outputs, CACHE_KWARG)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -457,6 +481,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             parts = set(name.split("."))
             param.requires_grad_(stage is None or bool(parts & trainable))
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -473,6 +498,8 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     ) -> MMMModalCausalLMOutputWithPast:
         r"""
         pixel_values, input_features, input_features_mask: see [`MMMModalModel.forward`].
+        past_key_values (`Cache`, *optional*):
+            The KV cache; transformers 5.24+ passes it as `cache`, which is accepted too.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Token ids to predict; -100 marks tokens without loss (prompt, padding, media spans).
 
@@ -492,6 +519,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         >>> processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         ```
         """
+        cache = _cache_kwargs(past_key_values, kwargs)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -499,8 +527,9 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             input_features_mask=input_features_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **cache,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -515,7 +544,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         return MMMModalCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_KWARG: getattr(outputs, CACHE_KWARG)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,

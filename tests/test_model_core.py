@@ -134,6 +134,29 @@ def test_generate_with_cache_equals_full_recompute(tiny):
     assert torch.equal(cached, uncached)
 
 
+def test_kv_cache_under_either_name(tiny):
+    """transformers 5.24 passes the cache as `cache`, earlier releases as `past_key_values`: both continue alike."""
+    from transformers import DynamicCache
+
+    from modeling_mmmmodal.configuration_mmmmodal import CACHE_KWARG
+
+    model, processor = tiny
+    batch = processor(text="<image> describe", images=random_image(5), return_tensors="pt")
+    with torch.no_grad():
+        prefill = model(**batch, use_cache=True)
+        cache = getattr(prefill, CACHE_KWARG)
+        assert isinstance(cache, DynamicCache) and cache.get_seq_length() == batch["input_ids"].shape[1]
+        step = prefill.logits[:, -1:].argmax(-1)
+        mask = torch.cat([batch["attention_mask"], torch.ones_like(step)], dim=1)
+        logits = {}
+        for name in ("past_key_values", "cache"):
+            one = model(**batch, use_cache=True)  # a fresh prefill cache per name
+            logits[name] = model(input_ids=step, attention_mask=mask, **{name: getattr(one, CACHE_KWARG)}).logits
+        assert torch.equal(logits["past_key_values"], logits["cache"])
+        with pytest.raises(ValueError, match="both `past_key_values` and `cache`"):
+            model(input_ids=step, attention_mask=mask, past_key_values=cache, cache=cache)
+
+
 def test_batched_left_padded_generation_equals_one_by_one(tiny):
     model, processor = tiny
     texts = ["<image> first question, longer text here", "<audio> second"]

@@ -6,8 +6,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import random_audio, random_image
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 CLEAN_LOAD = textwrap.dedent(
@@ -113,3 +115,44 @@ def test_pickled_weights_are_never_loaded(tiny, tmp_path):
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(OSError, match="safetensors"):
         AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+
+
+def test_processor_serializes_the_same_after_save_and_load(tiny, tmp_path):
+    """transformers' ProcessorTesterMixin: a processor saved and loaded again has the same `to_dict()`, `auto_map`
+    included, whether it was built from parts or loaded from a checkpoint."""
+    from modeling_mmmmodal import MMMModalProcessor
+
+    _, built = tiny
+    built.save_pretrained(tmp_path / "first")
+    loaded = MMMModalProcessor.from_pretrained(tmp_path / "first")
+    assert loaded.to_dict() == built.to_dict()
+    loaded.save_pretrained(tmp_path / "second")
+    again = AutoProcessor.from_pretrained(tmp_path / "second", trust_remote_code=True)
+    assert again.to_dict() == loaded.to_dict()
+    assert again.to_dict()["auto_map"] == {"AutoProcessor": "processing_mmmmodal.MMMModalProcessor"}
+
+
+@pytest.mark.parametrize("videos", [None, [], [[]], [[], []]])
+def test_processor_takes_no_video_as_harnesses_pass_it(tiny, videos):
+    _, processor = tiny
+    assert processor(text=["a", "b"], videos=videos)["input_ids"] == processor(text=["a", "b"])["input_ids"]
+
+
+def test_processor_refuses_a_real_video(tiny):
+    _, processor = tiny
+    with pytest.raises(ValueError, match="not video"):
+        processor(text="a", videos=[[np.zeros((2, 8, 8, 3), dtype=np.uint8)]])
+
+
+def test_return_dict_false_gives_tuples(tiny):
+    model, processor = tiny
+    batch = processor(text="<image><audio> x", images=random_image(1), audio=random_audio(1, 1.0), return_tensors="pt")
+    with torch.no_grad():
+        full = model(**batch)
+        as_tuple = model(**batch, return_dict=False)
+        base = model.model(**batch, return_dict=False)
+        image = model.get_image_features(batch["pixel_values"], return_dict=False)
+        audio = model.get_audio_features(batch["input_features"], batch["input_features_mask"], return_dict=False)
+    assert all(isinstance(x, tuple) for x in (as_tuple, base, image, audio))
+    assert torch.equal(as_tuple[0], full.logits) and torch.equal(base[0], model.model(**batch).last_hidden_state)
+    assert torch.equal(torch.cat(image[1]), full.image_hidden_states)  # (last_hidden_state, pooler_output, ...)

@@ -26,3 +26,20 @@ def test_quickstart_in_readme_is_the_example_and_runs(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()
+
+
+def test_declared_ranges_are_in_readme_and_hold_the_pinned_stack():
+    from packaging.requirements import Requirement
+
+    setup = (ROOT / "setup.py").read_text()
+    block = setup[setup.index("install_requires=[") : setup.index("],", setup.index("install_requires=["))]
+    declared = re.findall(r'"([^"]+)"', block)
+    pins = {Requirement(line).name.lower(): Requirement(line) for line in
+            (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")}
+    readme = (ROOT / "README.md").read_text()
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.specifier:  # a range: written in README, and the CI stack inside it
+            assert f"`{text}`" in readme, text
+            pinned = next(iter(pins[requirement.name.lower()].specifier)).version
+            assert requirement.specifier.contains(pinned), (requirement, pinned)

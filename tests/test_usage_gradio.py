@@ -26,7 +26,7 @@ BOT_ANSWERS = """() => Array.from(document.querySelectorAll('#chatbot .message.b
 
 pytestmark = pytest.mark.skipif(
     not os.access(CHROMIUM, os.X_OK),
-    reason="Chromium is not installed (Debian: apt-get install -y chromium, see .ci/install_browser.sh)",
+    reason="Chromium is not installed (Debian: apt-get install -y chromium, see .ci/install_system_packages.sh)",
 )
 
 

@@ -1,0 +1,129 @@
+"""The compatibility lane: a checkpoint at the oldest and the newest supported transformers, in clean venvs.
+
+Each venv holds torch 2.13.0, one transformers release, trl and what it needs, and not this package. A tiny
+checkpoint saved by the project's venv must load there with remote code only, render a multi-turn chat with images
+and audio, generate the same tokens, mark the same assistant tokens, follow transformers' model and processor
+conventions, and save again. `trl sft` must train it at the lowest and highest release training supports (TRL's
+assistant-only loss on vision data needs transformers >= 5.18). A release outside the supported range is refused
+when the checkpoint loads, with the range named.
+"""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from conftest import random_audio, random_image
+
+from tests._training_rows import mixed_rows, write_dataset
+from tests._venvs import create_venvs
+from tests.test_training_cli import changed_parts
+
+# The ends of the supported ranges (setup.py, README "Supported versions"), and one release below them.
+FLOOR, TRAINING_FLOOR, NEWEST, UNSUPPORTED = "5.16.1", "5.18.0", "5.24.0", "4.57.6"
+PROBE = Path(__file__).with_name("_compat_probe.py")
+# What a user has to run a checkpoint: the audio decoders transformers falls back on without torchcodec.
+LOAD_STACK = ["pillow", "soundfile", "librosa"]
+TRAIN_STACK = ["trl", "accelerate", "datasets"]
+
+
+@pytest.fixture(scope="session")
+def venvs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compat_venvs")
+    return create_venvs(root, {
+        "floor": [f"transformers=={FLOOR}", *LOAD_STACK],
+        "training_floor": [f"transformers=={TRAINING_FLOOR}", *LOAD_STACK, *TRAIN_STACK],
+        "newest": [f"transformers=={NEWEST}", *LOAD_STACK, *TRAIN_STACK],
+        "unsupported": [f"transformers=={UNSUPPORTED}"],
+    })
+
+
+@pytest.fixture(scope="session")
+def compat_media(tmp_path_factory) -> Path:
+    """Two images and two clips of 16 kHz float WAV: every audio decoder reads them to the same samples."""
+    folder = tmp_path_factory.mktemp("compat_media")
+    media = {}
+    for i in range(2):
+        media[f"image{i}"] = str(folder / f"image{i}.png")
+        random_image(10 + i).save(media[f"image{i}"])
+        media[f"audio{i}"] = str(folder / f"audio{i}.wav")
+        sf.write(media[f"audio{i}"], random_audio(10 + i, 1.0 + i), 16000, subtype="FLOAT")
+    (folder / "media.json").write_text(json.dumps(media))
+    return folder / "media.json"
+
+
+def probe(python, checkpoint, media_file, out: Path) -> dict:
+    result = subprocess.run([str(python), str(PROBE), str(checkpoint), str(media_file), str(out)],
+                            cwd=out.parent, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="session")
+def project_report(tiny_checkpoint, compat_media, tmp_path_factory) -> dict:
+    return probe(sys.executable, tiny_checkpoint, compat_media, tmp_path_factory.mktemp("probe") / "project.json")
+
+
+@pytest.mark.parametrize("lane, version", [("floor", FLOOR), ("newest", NEWEST)])
+def test_remote_code_checkpoint_behaves_alike(lane, version, venvs, tiny_checkpoint, compat_media, project_report,
+                                              tmp_path):
+    report = probe(venvs[lane], tiny_checkpoint, compat_media, tmp_path / "report.json")
+    assert report["transformers"] == version
+    assert report["model_module"].startswith("transformers_modules")
+    assert (report["config_class"], report["model_class"]) == ("MMMModalConfig", "MMMModalForConditionalGeneration")
+    first, ours = report["first"], project_report["first"]
+    assert first["input_ids"] == ours["input_ids"]
+    torch.testing.assert_close(torch.tensor(first["logits"]), torch.tensor(ours["logits"]), atol=1e-5, rtol=1e-5)
+    assert first["tokens"] == ours["tokens"]  # greedy, with the KV cache
+    assert report["image_text_to_text"] == ours["tokens"]
+    assert report["resaved"] == ours["tokens"]  # saved again by this release, loaded again
+    assert report["masks"] == project_report["masks"]
+    conventions = report["conventions"]
+    assert conventions == project_report["conventions"]
+    assert {conventions[k] for k in ("model_tuple", "base_tuple", "image_features_tuple",
+                                     "audio_features_tuple")} == {"tuple"}
+    assert conventions["logits_in_tuple"] and conventions["processor_round_trip"]
+    assert conventions["processor_auto_map"] == {"AutoProcessor": "processing_mmmmodal.MMMModalProcessor"}
+
+
+def test_the_masks_mark_assistant_text_only(project_report, tiny):
+    """The reference the lanes are held to: assistant answers and their end of turn, nothing else."""
+    _, processor = tiny
+    ids, masks = project_report["masks"]["input_ids"], project_report["masks"]["assistant_masks"]
+    marked = [processor.tokenizer.decode([t for t, m in zip(row, mask) if m]) for row, mask in zip(ids, masks)]
+    assert marked == ["A red circle and three beeps.<|im_end|>Two beeps, a blue square.<|im_end|>The first.<|im_end|>",
+                      "Hello.<|im_end|>"]
+
+
+@pytest.mark.parametrize("lane", ["training_floor", "newest"])
+def test_trl_sft_trains_the_checkpoint(lane, venvs, tiny_checkpoint, media_files, tmp_path):
+    data = write_dataset(tmp_path / "data", mixed_rows(media_files, 6))
+    out = tmp_path / "out"
+    trl = venvs[lane].with_name("trl")
+    result = subprocess.run(
+        [str(trl), "sft", "--model_name_or_path", str(tiny_checkpoint), "--trust_remote_code",
+         "--dataset_name", str(data), "--model_init_kwargs", '{"training_stage": 2}', "--assistant_only_loss", "true",
+         "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
+         "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--bf16", "false",
+         "--use_cpu", "true"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    losses = [float(v) for v in re.findall(r"'loss': '?([0-9.eE+-]+|nan|inf)", result.stdout + result.stderr)]
+    assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses), losses
+    assert changed_parts(tiny_checkpoint, out) == {"multi_modal_projector", "audio_projector", "language_model",
+                                                   "lm_head"}
+
+
+def test_a_release_outside_the_range_is_refused_at_load(venvs, tiny_checkpoint):
+    script = ("import sys; sys.modules['modeling_mmmmodal'] = None\n"
+              "from transformers import AutoConfig\n"
+              f"AutoConfig.from_pretrained({str(tiny_checkpoint)!r}, trust_remote_code=True)\n")
+    result = subprocess.run([str(venvs["unsupported"]), "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("ImportError:") and UNSUPPORTED in last[0] and ">=5.16.1,<6" in last[0], last
