@@ -8,6 +8,8 @@ Sub-commands (each with --help):
   combine             concatenate 2-4 single-media records into multi-media ones
   convert             paper records -> training rows (notes/CONTRACTS.md)
 Generation runs append to --out and skip ids already there: rerun the same command to resume.
+A row that fails after its retries goes to OUT.failed.jsonl with its error, and the run goes on; the exit status
+is then 1, and a rerun of the same command retries the failed and the missing rows only.
 """
 
 import argparse
@@ -56,6 +58,13 @@ def _dump(stats: dict) -> int:
     return 0
 
 
+def _dump_run(stats: dict) -> int:
+    """The summary of a generation run. Exit status 1 when rows failed: the run went on, and the pipeline has
+    logged where their errors are."""
+    _dump(stats)
+    return 1 if stats["failed"] or stats.get("asr", {}).get("failed") else 0
+
+
 def _read(paths) -> list:
     from processing.jsonl_io import read_jsonl
 
@@ -80,6 +89,8 @@ def _add_generator_args(p):
     t.add_argument("--translator-target-lang", help="target language token, e.g. zsm_Latn for NLLB")
     t.add_argument("--translate-with-llm", action="store_true", help="translate with the instruction LLM")
     p.add_argument("--chunk-size", type=int, default=8, help="rows in flight per step (a crash loses at most these)")
+    p.add_argument("--max-consecutive-failures", type=int, default=32,
+                   help="stop after this many failed rows in a row (a dead endpoint, a wrong model name); 0: never")
 
 
 def _generator(args):
@@ -123,25 +134,29 @@ def run_audio_instructions(args) -> int:
     from processing.asr import PseudoLabeller, pseudo_label
     from processing.audio_instructions import audio_instructions
 
-    transcripts = args.transcripts
+    transcripts, asr_stats = args.transcripts, None
     if transcripts is None:
         if not (args.audio and args.asr):
             raise ValueError("audio-instructions: expected --transcripts, or --audio with --asr; found neither.")
         transcripts = args.asr_out or str(Path(args.out).with_suffix("")) + ".asr.jsonl"
-        pseudo_label(_audio_files(args.audio), transcripts, PseudoLabeller(args.asr, args.asr_batch_size, language=args.asr_language),
-                     args.min_score, args.max_compression_ratio, args.chunk_size)
+        labeller = PseudoLabeller(args.asr, args.asr_batch_size, language=args.asr_language)
+        asr_stats = pseudo_label(_audio_files(args.audio), transcripts, labeller, args.min_score,
+                                 args.max_compression_ratio, args.chunk_size, args.max_consecutive_failures)
     generator = _generator(args)
-    return _dump(audio_instructions(_read([transcripts]), args.out, generator, args.turns,
-                                    _translator(args, generator), args.min_score, args.max_compression_ratio,
-                                    args.chunk_size))
+    stats = audio_instructions(_read([transcripts]), args.out, generator, args.turns, _translator(args, generator),
+                               args.min_score, args.max_compression_ratio, args.chunk_size,
+                               args.max_consecutive_failures)
+    if asr_stats is not None:
+        stats["asr"] = asr_stats
+    return _dump_run(stats)
 
 
 def run_visual_qa(args) -> int:
     from processing.visual_qa import visual_qa
 
     generator = _generator(args)
-    return _dump(visual_qa(_read(args.captions), args.out, generator, args.turns, _translator(args, generator),
-                           args.chunk_size))
+    return _dump_run(visual_qa(_read(args.captions), args.out, generator, args.turns, _translator(args, generator),
+                               args.chunk_size, args.max_consecutive_failures))
 
 
 def run_relationship(args) -> int:
@@ -149,8 +164,9 @@ def run_relationship(args) -> int:
 
     generator = _generator(args)
     images, audios = _read(args.images or []), _read(args.audios or [])
-    return _dump(relationship(images, audios, args.out, generator, args.kinds.split(","), args.pairs_per_kind,
-                              _translator(args, generator), args.seed, args.chunk_size))
+    return _dump_run(relationship(images, audios, args.out, generator, args.kinds.split(","), args.pairs_per_kind,
+                                  _translator(args, generator), args.seed, args.chunk_size,
+                                  args.max_consecutive_failures))
 
 
 def run_combine(args) -> int:

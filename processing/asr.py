@@ -83,8 +83,10 @@ def keep_transcript(row: dict, min_score: float = -0.5, max_compression_ratio: f
 
 
 def pseudo_label(paths: list, out_path, labeller: PseudoLabeller, min_score: float = -0.5,
-                 max_compression_ratio: float = 2.4, chunk_size: int = 8) -> dict:
-    """Transcribe and score every file into `out_path` (resumable); each row gets `keep`."""
+                 max_compression_ratio: float = 2.4, chunk_size: int = 8, max_consecutive_failures: int = 32) -> dict:
+    """Transcribe and score every file into `out_path` (resumable); each row gets `keep`.
+
+    A file that fails (unreadable audio, ...) is written down as failed and the others go on."""
     def process(chunk):
         rows = labeller.label(chunk)
         for row in rows:
@@ -92,6 +94,7 @@ def pseudo_label(paths: list, out_path, labeller: PseudoLabeller, min_score: flo
         return rows
 
     stats = run_resumable([str(p) for p in paths], out_path, process, chunk_size,
-                          key=lambda p: stable_id("asr", p), desc="asr")
+                          key=lambda p: stable_id("asr", p), desc="asr",
+                          max_consecutive_failures=max_consecutive_failures)
     logger.info("ASR pseudo-labels: %s", stats)
     return stats

@@ -6,7 +6,8 @@ For each media item with a text context (an audio transcript or an image caption
    dialogue so far, and the LLM answers;
 3. `format_user` asks the LLM to write the user's next question given the dialogue so far;
 steps 2-3 repeat for `n_turns` turns. All items of a batch advance together, one
-`generator.generate` call per step, so an OpenAI endpoint sees concurrent requests.
+`generator.generate` call per step, so an OpenAI endpoint sees concurrent requests. An item whose
+generation fails drops out with its error; the others finish.
 """
 
 from .markers import marker
@@ -42,20 +43,33 @@ def format_user(context: str, kind: str, dialogue: list) -> list:
 
 
 def grow_dialogues(generator, contexts: list, kind: str, n_turns: int) -> list:
-    """One dialogue (list of {"role", "content"}) of `n_turns` user/assistant pairs per context."""
+    """One dialogue (list of {"role", "content"}) of `n_turns` user/assistant pairs per context.
+
+    A context whose generation fails at any step gets that exception in its slot instead of a dialogue,
+    and takes no part in the later steps; the other contexts go on.
+    """
     if n_turns < 1:
         raise ValueError(f"n_turns: expected >= 1, found {n_turns}.")
-    questions = generator.generate([question_prompt(c, kind) for c in contexts])
-    dialogues = [[] for _ in contexts]
+    results = [[] for _ in contexts]
+
+    def step(make_chat, role):
+        """One generate call for the live dialogues; `make_chat(context, dialogue)` -> chat."""
+        live = [i for i, r in enumerate(results) if not isinstance(r, BaseException)]
+        if not live:
+            return
+        replies = generator.generate([make_chat(contexts[i], results[i]) for i in live], return_exceptions=True)
+        for i, reply in zip(live, replies):
+            if isinstance(reply, BaseException):
+                results[i] = reply
+            else:
+                results[i].append({"role": role, "content": reply})
+
+    step(lambda context, _: question_prompt(context, kind), "user")
     for turn in range(n_turns):
-        for dialogue, question in zip(dialogues, questions):
-            dialogue.append({"role": "user", "content": question})
-        answers = generator.generate([format_prompt(c, kind, d) for c, d in zip(contexts, dialogues)])
-        for dialogue, answer in zip(dialogues, answers):
-            dialogue.append({"role": "assistant", "content": answer})
+        step(lambda context, dialogue: format_prompt(context, kind, dialogue), "assistant")
         if turn + 1 < n_turns:
-            questions = generator.generate([format_user(c, kind, d) for c, d in zip(contexts, dialogues)])
-    return dialogues
+            step(lambda context, dialogue: format_user(context, kind, dialogue), "user")
+    return results
 
 
 def to_paper_conversation(dialogue: list, kind: str, translator=None) -> list:

@@ -1,6 +1,9 @@
-"""Text generators behind one interface: `generate(list_of_chats) -> list[str]`.
+"""Text generators behind one interface: `generate(list_of_chats, return_exceptions=False) -> list[str]`.
 
 A chat is a list of `{"role": ..., "content": str}` messages; the reply list is in the same order.
+With `return_exceptions=True` (as `asyncio.gather` has it), a chat whose generation failed gets its
+exception in its slot instead of failing the whole call, so that the pipelines can write that row
+down as failed and carry on with the others.
 - `TransformersGenerator`: any local folder or hub id that `AutoModelForCausalLM` loads; uses the
   tokenizer's chat template when it has one, else a plain "role: content" prompt.
 - `OpenAIGenerator`: any OpenAI-compatible endpoint (vLLM, `transformers serve`, ...), requests run
@@ -16,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 class Generator(Protocol):
-    def generate(self, chats: list) -> list:
-        """One reply string per chat, in order."""
+    def generate(self, chats: list, return_exceptions: bool = False) -> list:
+        """One reply string per chat, in order; with `return_exceptions`, a failed chat's exception instead."""
 
 
 def plain_prompt(chat: list) -> str:
@@ -59,10 +62,22 @@ class TransformersGenerator:
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def generate(self, chats: list) -> list:
+    def _generate_or_errors(self, chats: list) -> list:
+        """A failed batch is redone one chat at a time, so that only the chats that fail alone get an error."""
+        try:
+            return self._generate_batch(chats)
+        except Exception as error:
+            if len(chats) == 1:
+                return [error]
+            logger.warning("A generation batch of %d failed (%s: %s); redoing it one chat at a time.", len(chats),
+                           type(error).__name__, error)
+            return [reply for chat in chats for reply in self._generate_or_errors([chat])]
+
+    def generate(self, chats: list, return_exceptions: bool = False) -> list:
+        one_batch = self._generate_or_errors if return_exceptions else self._generate_batch
         replies = []
         for start in range(0, len(chats), self.batch_size):
-            replies += self._generate_batch(chats[start:start + self.batch_size])
+            replies += one_batch(chats[start:start + self.batch_size])
         return replies
 
 
@@ -83,9 +98,15 @@ class OpenAIGenerator:
         response = self.client.chat.completions.create(model=self.model, messages=chat, **self.params)
         return (response.choices[0].message.content or "").strip()
 
-    def generate(self, chats: list) -> list:
+    def _one_or_error(self, chat: list):
+        try:
+            return self._one(chat)
+        except Exception as error:  # after the client's own retries
+            return error
+
+    def generate(self, chats: list, return_exceptions: bool = False) -> list:
         with ThreadPoolExecutor(max_workers=min(self.max_workers, max(1, len(chats)))) as pool:
-            return list(pool.map(self._one, chats))
+            return list(pool.map(self._one_or_error if return_exceptions else self._one, chats))
 
 
 class LLMTranslator:

@@ -69,31 +69,38 @@ def relation_prompt(pair: dict) -> list:
 
 
 def _rows(chunk: list, generator, translator) -> list:
-    answers = generator.generate([relation_prompt(pair) for pair in chunk])
-    rows = []
-    for pair, answer in zip(chunk, answers):
-        first, second, question = INSTRUCTIONS[pair["kind"]]
-        row = {"id": pair["id"], "kind": pair["kind"], "filename": [i["filename"] for i in pair["items"]],
-               "filename_description": [i["text"] for i in pair["items"]], "instruction": question, "answer": answer}
-        if translator is not None:
+    """One result per pair: its row, or the exception that failed it (generation or translation)."""
+    answers = generator.generate([relation_prompt(pair) for pair in chunk], return_exceptions=True)
+    return [answer if isinstance(answer, BaseException) else _row(pair, answer, translator)
+            for pair, answer in zip(chunk, answers)]
+
+
+def _row(pair: dict, answer: str, translator):
+    first, second, question = INSTRUCTIONS[pair["kind"]]
+    row = {"id": pair["id"], "kind": pair["kind"], "filename": [i["filename"] for i in pair["items"]],
+           "filename_description": [i["text"] for i in pair["items"]], "instruction": question, "answer": answer}
+    if translator is not None:
+        try:
             row["instruction_ms"], row["answer_ms"] = translator.translate([question, answer])
-        user = {"role": "user", "content": marker(first) + marker(second) + question}
-        bot = {"role": "assistant", "content": answer}
-        if translator is not None:
-            user["content_ms"] = marker(first) + marker(second) + row["instruction_ms"]
-            bot["content_ms"] = row["answer_ms"]
-        rows.append({**row, "conversations": [user, bot]})
-    return rows
+        except Exception as error:  # a failed translation fails this row only
+            return error
+    user = {"role": "user", "content": marker(first) + marker(second) + question}
+    bot = {"role": "assistant", "content": answer}
+    if translator is not None:
+        user["content_ms"] = marker(first) + marker(second) + row["instruction_ms"]
+        bot["content_ms"] = row["answer_ms"]
+    return {**row, "conversations": [user, bot]}
 
 
 def relationship(image_rows: list, audio_rows: list, out_path, generator, kinds=tuple(INSTRUCTIONS),
-                 n_per_kind: int = 100, translator=None, seed: int = 0, chunk_size: int = 8) -> dict:
+                 n_per_kind: int = 100, translator=None, seed: int = 0, chunk_size: int = 8,
+                 max_consecutive_failures: int = 32) -> dict:
     """Write relationship rows to `out_path` (resumable JSONL); returns counts."""
     # ASR rows that failed the quality filter (`keep` false) are not used.
     images = [media_item(r, i) for i, r in enumerate(image_rows) if r.get("keep", True)]
     audios = [media_item(r, i) for i, r in enumerate(audio_rows) if r.get("keep", True)]
     pairs = sample_pairs(images, audios, list(kinds), n_per_kind, seed)
     stats = run_resumable(pairs, out_path, lambda chunk: _rows(chunk, generator, translator), chunk_size,
-                          desc="relationship")
+                          desc="relationship", max_consecutive_failures=max_consecutive_failures)
     logger.info("Relationship: %s", stats)
     return stats

@@ -25,7 +25,8 @@ def caption_item(row: dict, index: int) -> dict:
     return {"filename": files, "caption": caption}
 
 
-def visual_qa(caption_rows: list, out_path, generator, n_turns: int = 3, translator=None, chunk_size: int = 8) -> dict:
+def visual_qa(caption_rows: list, out_path, generator, n_turns: int = 3, translator=None, chunk_size: int = 8,
+              max_consecutive_failures: int = 32) -> dict:
     """Grow image dialogues into `out_path` (resumable JSONL); returns counts."""
     items = []
     for index, row in enumerate(caption_rows):
@@ -34,6 +35,6 @@ def visual_qa(caption_rows: list, out_path, generator, n_turns: int = 3, transla
         items.append(item)
     stats = run_resumable(items, out_path, lambda chunk: build_rows(chunk, generator, "image", "caption", n_turns,
                                                                      translator),
-                          chunk_size, desc="visual QA")
+                          chunk_size, desc="visual QA", max_consecutive_failures=max_consecutive_failures)
     logger.info("Visual QA: %s", stats)
     return stats

@@ -6,7 +6,7 @@
 image rows, rank 1 only audio rows). `--mode` is `ddp` (torch DDP, `find_unused_parameters=False`, the strict
 setting), `zero2` (examples/deepspeed/zero2_offload.json: ZeRO-2, optimizer on CPU) or `zero3`
 (examples/deepspeed/zero3.json). Rank 0 writes the losses, what each rank's batches held, the trainable
-parameters of both ranks after the last step, and the wall time.
+parameters of both ranks after the last step, the wall time, and the DeepSpeed C++ ops the run loaded.
 """
 
 import argparse
@@ -35,6 +35,11 @@ def deepspeed_config(mode: str, batch_size: int) -> dict:
                   fp16={"enabled": False})
     config["optimizer"] = {"type": "AdamW", "params": {"lr": LR, "betas": [0.9, 0.999], "eps": 1e-8,
                                                        "weight_decay": 0.0}}
+    if mode == "zero3":
+        # Without offload DeepSpeed picks its FusedAdam, which on CPU is a C++ op compiled on first use, silently,
+        # inside deepspeed.initialize (about a minute here, several on a loaded machine): on a fresh machine that
+        # build ran inside the test's timer. torch's AdamW needs no build, and it is the reference's optimizer.
+        config["optimizer"]["params"]["torch_adam"] = True
     # The "auto" values that transformers fills in. On this CPU/gloo machine, ZeRO-3 with a tiny persistence
     # threshold (every small parameter gathered on use) did not finish even with identical batches on both ranks;
     # with the tiny model's parameters persistent it runs, and its gradient reduce-scatter is what is checked here.
@@ -62,6 +67,15 @@ def full_params(model, mode: str) -> dict:
         with deepspeed.zero.GatheredParameters([p for _, p in named]):
             return {n: p.detach().clone().flatten().tolist() for n, p in named}
     return {n: p.detach().clone().flatten().tolist() for n, p in named}
+
+
+def jit_ops() -> list:
+    """Names of the DeepSpeed C++ ops this process loaded (each one is compiled on first use, then cached)."""
+    if "deepspeed" not in sys.modules:
+        return []
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    return sorted(OpBuilder._loaded_ops)
 
 
 def main():
@@ -119,7 +133,8 @@ def main():
     gathered = [None, None] if rank == 0 else None
     dist.gather_object({"params": params, "losses": losses, "seen": seen}, gathered, dst=0)
     if rank == 0:
-        Path(args.out).write_text(json.dumps({"ranks": gathered, "seconds": elapsed, "mode": args.mode}))
+        Path(args.out).write_text(json.dumps({"ranks": gathered, "seconds": elapsed, "mode": args.mode,
+                                              "jit_ops": jit_ops()}))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -11,7 +11,7 @@ from processing.audio_instructions import audio_instructions
 from processing.combine import combine
 from processing.convert import convert_records, to_dataset
 from processing.generators import LLMTranslator, TransformersGenerator
-from processing.jsonl_io import read_jsonl
+from processing.jsonl_io import failed_path, read_jsonl
 from processing.relationship import relationship
 from processing.translate import Seq2SeqTranslator
 from processing.visual_qa import visual_qa
@@ -31,9 +31,22 @@ def asr_rows(env):
     out = env["root"] / "asr.jsonl"
     labeller = PseudoLabeller(env["asr"], batch_size=2, language="ms")
     stats = pseudo_label(env["clips"], out, labeller)
-    assert stats == {"total": 3, "skipped_done": 0, "written": 3}
+    assert stats == {"total": 3, "skipped_done": 0, "written": 3, "failed": 0}
     env["labeller"] = labeller
     return read_jsonl(out)
+
+
+def test_asr_unreadable_clip_fails_alone(env, tmp_path):
+    """A clip that cannot be decoded fails its row only; its chunk's other clips are labelled."""
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt not really a wave file")
+    out = tmp_path / "asr.jsonl"
+    clips = [env["clips"][0], broken, env["clips"][1]]
+    stats = pseudo_label(clips, out, PseudoLabeller(env["asr"], batch_size=3), chunk_size=3)
+    assert stats == {"total": 3, "skipped_done": 0, "written": 2, "failed": 1}
+    assert [r["filename"] for r in read_jsonl(out)] == [[str(env["clips"][0])], [str(env["clips"][1])]]
+    [record] = read_jsonl(failed_path(out))
+    assert record["item"] == str(broken) and record["error"]
 
 
 def _check_paper_turns(conversations, n_turns, kind, translated=True):

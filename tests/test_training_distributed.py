@@ -4,6 +4,9 @@ Each run (torchrun, 2 processes, gloo on CPU) must finish within a bounded time 
 leave the parameters identical on both ranks, and match a single-process reference that averages the two
 ranks' losses: identical parameters alone do not prove the gradients were right (ZeRO-2 all-gathers its
 parameters after every step, so mixed-up gradient buckets still leave the ranks in agreement).
+
+No run compiles anything inside its timer: DeepSpeed's C++ ops are built first (a fresh machine has none), and
+each run must load no other op (ZeRO-3 used to JIT-build FusedAdam there, which timed out on a fresh machine).
 """
 
 import json
@@ -11,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -35,12 +39,56 @@ def rank_rows(media_files, tmp_path_factory):
     return path, rows
 
 
+def _jit_builders() -> list:
+    """The DeepSpeed C++ ops the timed runs load: CPU Adam (ZeRO-2's offload) and the shm comm op, which every
+    `deepspeed.init_distributed` on CPU loads. Each is compiled on first use (one to several minutes on 2 cores)."""
+    from deepspeed.ops.op_builder.cpu import CPUAdamBuilder, ShareMemCommBuilder
+
+    return [CPUAdamBuilder(), ShareMemCommBuilder()]
+
+
+def _lock_holders(lock: Path) -> list:
+    """Processes that hold `lock` open (torch's build lock is held open by the building process until released)."""
+    holders = []
+    for process in psutil.process_iter():
+        try:
+            if any(f.path == str(lock) for f in process.open_files()):
+                holders.append(process.pid)
+        except (psutil.Error, OSError):
+            continue
+    return holders
+
+
+def _check_no_stale_lock(name: str):
+    """Fail, instead of waiting forever, on a build lock left by a killed build.
+
+    torch guards each extension build with a `lock` file that only the builder removes; a build killed midway (a
+    timeout, Ctrl-C, OOM) leaves it behind, and every later load of that op waits on it with no end
+    (torch.utils.file_baton.FileBaton.wait). A live build holds the file open; a stale lock has no holder.
+    """
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    for _ in range(2):  # twice, a second apart: a finishing build closes the file just before removing it
+        if not lock.exists() or _lock_holders(lock):
+            return
+        time.sleep(1)
+    if lock.exists():
+        pytest.fail(f"{lock}: a stale build lock (no process holds it; a build of {name} was killed). Every load of "
+                    f"that op would wait on it forever. Fix: rm {lock}")
+
+
 @pytest.fixture(scope="module")
 def cpu_adam_built():
-    """DeepSpeed compiles its CPU Adam on first use (minutes on 2 cores); do it outside the hang timeout."""
-    from deepspeed.ops.op_builder.cpu import CPUAdamBuilder
+    """Compile DeepSpeed's C++ ops before the timed runs, so that no run compiles inside its hang timeout.
 
-    CPUAdamBuilder().load()
+    On a fresh machine (no ~/.cache/torch_extensions, or an empty TORCH_EXTENSIONS_DIR) these builds take minutes;
+    each run then checks that it loaded no op beyond these. Returns the op names."""
+    builders = _jit_builders()
+    for builder in builders:
+        _check_no_stale_lock(builder.name)
+        builder.load()
+    return {builder.name for builder in builders}
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +147,18 @@ def run_two_ranks(mode, checkpoint, rows_path, out):
     return json.loads(Path(out).read_text())
 
 
+def check_no_build_in_run(result: dict, prebuilt: set):
+    """A run that compiles a C++ op inside its timer passes on a warm machine and times out on a fresh one."""
+    built_inside = sorted(set(result["jit_ops"]) - prebuilt)
+    assert not built_inside, (f"{result['mode']}: the run loaded DeepSpeed op(s) {built_inside}, which a fresh "
+                              "machine compiles inside the timed run: build them in the cpu_adam_built fixture, or "
+                              "configure the run not to need them.")
+
+
 @pytest.mark.parametrize("mode", ["ddp", "zero2", "zero3"])
 def test_one_modality_per_rank_trains_in_step(mode, tiny_checkpoint, rank_rows, reference, cpu_adam_built, tmp_path):
     result = run_two_ranks(mode, tiny_checkpoint, rank_rows[0], tmp_path / "out.json")
+    check_no_build_in_run(result, cpu_adam_built)
     rank0, rank1 = result["ranks"]
     assert rank0["seen"] == [["pixel_values"]] * STEPS and rank1["seen"] == [["input_features"]] * STEPS
     assert set(rank0["params"]) == set(reference)  # towers frozen: projectors + LLM
