@@ -267,6 +267,17 @@ class Reply:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def _number(kind, minimum):
+    def parse(text):
+        value = kind(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"{kind.__name__} >= {minimum}"  # argparse names it in its error
+    return parse
+
+
 def register(subparsers):
     parser = subparsers.add_parser("serve", help="Serve a checkpoint over the OpenAI chat-completions protocol.")
     parser.add_argument("checkpoint", help="A folder written by save_pretrained, or a hub repository id.")
@@ -275,13 +286,15 @@ def register(subparsers):
     parser.add_argument("--model-name", default=None, help="Name reported in responses (default: the checkpoint).")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                         help=f"Require `Authorization: Bearer KEY` on /v1 routes (default: ${API_KEY_ENV}; none).")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help="Answer length when a request gives no max_completion_tokens.")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--batch-wait-ms", type=float, default=10.0,
-                        help="How long the first request of a batch waits for others to join it.")
-    parser.add_argument("--max-request-mb", type=float, default=64.0, help="Largest request body.")
-    parser.add_argument("--max-media-per-request", type=int, default=32, help="Most images + audio clips per request.")
+    parser.add_argument("--max-new-tokens", type=_number(int, 1), default=DEFAULT_MAX_NEW_TOKENS,
+                        help="Answer length when a request gives no max_completion_tokens (default: %(default)s).")
+    parser.add_argument("--max-batch-size", type=_number(int, 1), default=8, help="(default: %(default)s)")
+    parser.add_argument("--batch-wait-ms", type=_number(float, 0), default=10.0,
+                        help="How long the first request of a batch waits for others to join it (default: %(default)s).")
+    parser.add_argument("--max-request-mb", type=_number(float, 0.001), default=64.0,
+                        help="Largest request body (default: %(default)s).")
+    parser.add_argument("--max-media-per-request", type=_number(int, 1), default=32,
+                        help="Most images + audio clips per request (default: %(default)s).")
     _add_media_arguments(parser)
     add_loading_arguments(parser)
     parser.set_defaults(func=_main)
@@ -297,11 +310,15 @@ def _add_media_arguments(parser):
     group.add_argument("--allowed-media-networks", nargs="+", default=(), metavar="CIDR",
                        help="Non-public networks URLs may reach anyway (e.g. 10.0.0.0/8). Default: loopback, private, "
                             "link-local, multicast and reserved addresses are refused.")
-    group.add_argument("--media-max-redirects", type=int, default=3, help="Redirects followed per URL, each checked.")
-    group.add_argument("--media-fetch-timeout", type=float, default=20.0, help="Seconds per URL fetch.")
-    group.add_argument("--media-max-mb", type=float, default=25.0, help="Most bytes read from one media source.")
-    group.add_argument("--media-max-pixels", type=int, default=25_000_000, help="Most pixels of one image.")
-    group.add_argument("--media-max-audio-seconds", type=float, default=None,
+    group.add_argument("--media-max-redirects", type=_number(int, 0), default=3,
+                       help="Redirects followed per URL, each hop checked (default: %(default)s).")
+    group.add_argument("--media-fetch-timeout", type=_number(float, 0.001), default=20.0,
+                       help="Seconds per URL fetch, transfer included (default: %(default)s).")
+    group.add_argument("--media-max-mb", type=_number(float, 0.001), default=25.0,
+                       help="Most bytes read from one media source, in MiB (default: %(default)s).")
+    group.add_argument("--media-max-pixels", type=_number(int, 1), default=25_000_000,
+                       help="Most pixels of one image (default: %(default)s).")
+    group.add_argument("--media-max-audio-seconds", type=_number(float, 0.001), default=None,
                        help="Longest audio clip (default: the processor's max_audio_seconds).")
 
 
@@ -314,13 +331,17 @@ def media_policy(args, processor) -> MediaPolicy:
         max_redirects=args.media_max_redirects,
         timeout_s=args.media_fetch_timeout,
         max_pixels=args.media_max_pixels,
-        max_audio_seconds=args.media_max_audio_seconds or processor.max_audio_seconds,
+        max_audio_seconds=args.media_max_audio_seconds or getattr(processor, "max_audio_seconds", 300.0),
     )
 
 
 def _main(args) -> int:
     import uvicorn
 
+    try:
+        policy = media_policy(args, None)  # bad flags fail before the model loads
+    except ValueError as error:
+        raise SystemExit(f"mmmmodal serve: {error}") from None
     model, processor = load_checkpoint(args.checkpoint, args.device, args.dtype, args.trust_remote_code)
     policy = media_policy(args, processor)
     batcher = Batcher(model, processor, args.max_batch_size, args.batch_wait_ms / 1000)
