@@ -24,23 +24,14 @@ BROKEN_AUDIO = {"random bytes": RNG.bytes(700), "truncated": wav_bytes()[:40], "
 
 
 # ------------------------------------------------------------------------------------------------ the processor
-@pytest.mark.parametrize("name", sorted(BROKEN_IMAGES))
-def test_the_processor_refuses_a_broken_image_file_naming_it(tiny, tmp_path, name):
+@pytest.mark.parametrize("kind, name", [("image", n) for n in sorted(BROKEN_IMAGES)] +
+                         [("audio", n) for n in sorted(BROKEN_AUDIO)])
+def test_the_processor_refuses_a_broken_media_file_naming_it(tiny, tmp_path, kind, name):
     _, processor = tiny
-    path = tmp_path / "broken.png"
-    path.write_bytes(BROKEN_IMAGES[name])
-    with pytest.raises(ValueError, match=r"image 0 of sample 0") as error:
-        processor(text="<image> hi", images=[str(path)])
-    assert str(path) in str(error.value)
-
-
-@pytest.mark.parametrize("name", sorted(BROKEN_AUDIO))
-def test_the_processor_refuses_a_broken_audio_file_naming_it(tiny, tmp_path, name):
-    _, processor = tiny
-    path = tmp_path / "broken.wav"
-    path.write_bytes(BROKEN_AUDIO[name])
-    with pytest.raises(ValueError, match=r"audio 0 of sample 0") as error:
-        processor(text="<audio> hi", audio=[str(path)])
+    path = tmp_path / f"broken.{'png' if kind == 'image' else 'wav'}"
+    path.write_bytes((BROKEN_IMAGES if kind == "image" else BROKEN_AUDIO)[name])
+    with pytest.raises(ValueError, match=rf"{kind} 0 of sample 0") as error:
+        processor(text=f"<{kind}> hi", **{"images" if kind == "image" else "audio": [str(path)]})
     assert str(path) in str(error.value)
 
 
