@@ -80,9 +80,10 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 
 def media_parts() -> dict:
     """Content parts: good ones, and bad ones the server must refuse with 400."""
-    from PIL import Image
     import io
+
     import soundfile as sf
+    from PIL import Image
 
     def uri(kind, data):
         return f"data:{kind};base64,{base64.b64encode(data).decode()}"
@@ -94,8 +95,12 @@ def media_parts() -> dict:
     nan = io.BytesIO()
     sf.write(nan, np.full(800, np.nan, np.float32), 16000, format="WAV", subtype="FLOAT")
     png, wav = png.getvalue(), wav.getvalue()
-    image = lambda url: {"type": "image_url", "image_url": {"url": url}}  # noqa: E731
-    audio = lambda data: {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}  # noqa: E731
+    def image(url):
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    def audio(data):
+        return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
+
     return {
         "image": image(uri("image/png", png)),
         "audio": audio(wav),
@@ -171,7 +176,8 @@ class LoadClient:
 
     def _refused(self, body) -> str:
         response = self.http.post("/v1/chat/completions", json=body)
-        error = response.json().get("error", {}) if response.headers.get("content-type", "").startswith("application/json") else {}
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        error = response.json().get("error", {}) if is_json else {}
         return "refused" if response.status_code == 400 and error.get("message") else f"HTTP {response.status_code}"
 
 
