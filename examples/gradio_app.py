@@ -17,7 +17,7 @@ import os
 import gradio as gr
 
 from mmmmodal.chat import ChatSession
-from mmmmodal.loading import load_checkpoint
+from mmmmodal.loading import add_loading_arguments, load_checkpoint
 
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".opus", ".webm")
 
@@ -86,10 +86,10 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
+    add_loading_arguments(parser)  # --device, --dtype, --trust-remote-code (off: the installed classes load it)
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    model, processor = load_checkpoint(args.checkpoint, args.device)
+    model, processor = load_checkpoint(args.checkpoint, args.device, args.dtype, args.trust_remote_code)
     build_demo(model, processor, args.max_new_tokens).queue().launch(server_name=args.host, server_port=args.port)
 
 

@@ -23,7 +23,7 @@ from transformers.utils import logging
 
 from modeling_mmmmodal.configuration_mmmmodal import TURN_END_TOKEN
 
-from .loading import context_limit, load_checkpoint
+from .loading import add_loading_arguments, context_limit, load_checkpoint
 
 logger = logging.get_logger(__name__)
 
@@ -320,13 +320,12 @@ def register(subparsers):
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy.")
     parser.add_argument("--system", default=None, help="System message.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto")
+    add_loading_arguments(parser)
     parser.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    model, processor = load_checkpoint(args.checkpoint, args.device, args.dtype)
+    model, processor = load_checkpoint(args.checkpoint, args.device, args.dtype, args.trust_remote_code)
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {}
     session = ChatSession(model, processor, max_new_tokens=args.max_new_tokens, system=args.system, **sampling)
     lines = _input_lines() if sys.stdin.isatty() else sys.stdin

@@ -1,14 +1,17 @@
 """`mmmmodal serve`: an OpenAI-compatible chat-completions server for MMMModal checkpoints.
 
-    mmmmodal serve ./my-checkpoint --port 8000
+    mmmmodal serve ./my-checkpoint --port 8000 --api-key "$KEY" --allowed-local-media-path ./media
     # then, with the official client:
-    # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-").chat.completions.create(model="my-checkpoint", ...)
+    # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).chat.completions.create(model="my-checkpoint", ...)
 
-Requests speak the OpenAI protocol: `text`, `image_url` (http(s) URL, `data:` URI or base64, local path) and
-`input_audio` (`{"data": <base64>, "format": "wav"}`) content parts, plus `audio_url` as an extension; multi-turn;
-`stream` true or false. Requests that arrive together (within `--batch-wait-ms`) are answered by one left-padded
-`generate` call. Bad input (unreadable media, unknown part types, more than the context holds) gets HTTP 400
-with the reason, and the server goes on.
+Requests speak the OpenAI protocol: `text`, `image_url` (http(s) URL, `data:` URI, or a local path under
+`--allowed-local-media-path`) and `input_audio` (`{"data": <base64>, "format": "wav"}`) content parts, plus
+`audio_url` as an extension; multi-turn; `stream`, `n`, `seed`, `stop`, `max_completion_tokens`,
+`stream_options.include_usage`. Media are fetched and decoded under the media policy (`mmmmodal.media`), fields
+are checked by `mmmmodal.serve_request`, and requests that arrive together (within `--batch-wait-ms`) are answered
+by one left-padded `generate` call (`mmmmodal.serve_batch`). Every error is OpenAI's error JSON
+(`{"error": {"message", "type", "param", "code"}}`); bad input is a 400 with the reason, and the server goes on.
+A client that disconnects cancels its generation.
 
 Why not `transformers serve --trust-remote-code`: in transformers 5.23 it picks the modality and the model class
 from its built-in name mappings (`MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES`), which the public `Auto*.register` APIs
@@ -17,403 +20,337 @@ one request at a time (continuous batching is text-only there); and a corrupt me
 """
 
 import asyncio
+import hmac
 import json
+import logging
 import os
-import queue
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 
-import torch
-from transformers.utils import logging
+from .loading import add_loading_arguments, context_limit, load_checkpoint
+from .media import MediaPolicy, read_media
+from .serve_batch import Batcher, Job
+from .serve_request import RequestError, parse_request, sampling_defaults
 
-from .loading import context_limit, load_checkpoint
+logger = logging.getLogger(__name__)
 
-logger = logging.get_logger(__name__)
-
-ROLES = ("system", "user", "assistant")
-PART_TYPES = ("text", "image_url", "input_audio", "audio_url")
 DEFAULT_MAX_NEW_TOKENS = 256
+API_KEY_ENV = "MMMMODAL_API_KEY"
+ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+               405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
 
 
-class RequestError(ValueError):
-    """A request the server refuses; becomes HTTP 400 (or `status`) with `message` as the reason."""
-
-    def __init__(self, message: str, status: int = 400, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
-
-
-# ------------------------------------------------------------------------------------------------ request parsing
-def _media_source(part: dict, where: str, local_files: bool) -> tuple[str, str]:
-    """(`"image"` or `"audio"`, source string) of one OpenAI media part."""
-    kind = part["type"]
-    if kind == "image_url":
-        value = part.get("image_url")
-        source = value.get("url") if isinstance(value, dict) else value
-        modality = "image"
-    elif kind == "audio_url":
-        value = part.get("audio_url")
-        source = value.get("url") if isinstance(value, dict) else value
-        modality = "audio"
-    else:  # input_audio: {"data": <base64>, "format": "wav" | "mp3" | ...}
-        value = part.get("input_audio")
-        if not isinstance(value, dict) or not value.get("data"):
-            raise RequestError(f"{where}: `input_audio` needs {{'data': <base64>, 'format': 'wav'}}; got {str(value)[:80]!r}.")
-        fmt = value.get("format")
-        return "audio", f"data:audio/{fmt};base64,{value['data']}" if fmt else value["data"]
-    if not isinstance(source, str) or not source:
-        raise RequestError(f"{where}: `{kind}` needs a `url` (http(s) URL, data: URI, base64 or path).")
-    if source.startswith("file://"):
-        source = source[len("file://") :]
-    is_local = not source.startswith(("http://", "https://", "data:")) and len(source) < 4096 and os.path.exists(source)
-    if is_local and not local_files:
-        raise RequestError(f"{where}: this server does not read local files (started with --no-local-files).")
-    return modality, source
-
-
-def parse_messages(messages, local_files: bool = True) -> tuple[list[dict], list[tuple[str, str, str]]]:
-    """OpenAI messages -> (chat messages for our template, media as `(modality, source, where)` in order)."""
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("`messages` must be a non-empty list of {'role', 'content'} objects.", param="messages")
-    parsed, media = [], []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            role = message.get("role") if isinstance(message, dict) else None
-            raise RequestError(f"messages[{i}]: role {role!r} is not supported; use one of {ROLES}.", param="messages")
-        content = message.get("content")
-        if content is None:
-            content = []
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        if not isinstance(content, list):
-            raise RequestError(f"messages[{i}].content must be a string or a list of parts.", param="messages")
-        parts = []
-        for j, part in enumerate(content):
-            where = f"messages[{i}].content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind not in PART_TYPES:
-                raise RequestError(
-                    f"{where}: unknown content type {kind!r}. Supported: {', '.join(PART_TYPES)}.", param="messages"
-                )
-            if kind == "text":
-                parts.append({"type": "text", "text": str(part.get("text", ""))})
-                continue
-            modality, source = _media_source(part, where, local_files)
-            parts.append({"type": modality})
-            media.append((modality, source, f"{where} ({kind})"))
-        parsed.append({"role": message["role"], "content": parts})
-    if parsed[-1]["role"] == "assistant":
-        raise RequestError("The last message is the assistant's: end with a user message to get an answer.")
-    return parsed, media
-
-
-def encode_request(processor, messages: list[dict], media: list, limit: int | None, max_new_tokens: int | None,
-                   default_max_new_tokens: int) -> tuple[dict, int]:
-    """Read the media, render and tokenize the conversation; returns (model inputs, answer budget)."""
+def encode_request(processor, request, policy: MediaPolicy, limit: int | None, default_max_new_tokens: int):
+    """Read the media under `policy`, render and tokenize the conversation; returns (model inputs, answer budget)."""
+    rate = processor.feature_extractor.sampling_rate
     images, audio = [], []
-    for modality, source, where in media:
-        try:
-            if modality == "image":
-                images.append(processor._load_image(source, where))
-            else:
-                audio.append(processor._load_audio(source, None, where))
-        except ValueError as error:
-            raise RequestError(str(error)[:1000]) from error
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     try:
+        for modality, source, where in request.media:
+            loaded = read_media(modality, source, policy, where, rate)
+            if modality == "image":
+                images.append(processor._load_image(loaded, where))
+            else:
+                audio.append(processor._load_audio(loaded, rate, where))
+        text = processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
         inputs = processor(text=text, images=images or None, audio=audio or None, return_tensors="pt")
     except ValueError as error:
-        raise RequestError(str(error)[:1000]) from error
-    prompt = inputs["input_ids"].shape[1]
-    budget = max_new_tokens if max_new_tokens is not None else default_max_new_tokens
+        raise RequestError(str(error)[:1000], param="messages") from None
+    prompt, asked = inputs["input_ids"].shape[1], request.max_tokens
+    budget = asked if asked is not None else default_max_new_tokens
     if limit is not None:
-        if prompt >= limit or (max_new_tokens is not None and prompt + max_new_tokens > limit):
+        if prompt >= limit or (asked is not None and prompt + asked > limit):
             raise RequestError(
                 f"The conversation does not fit the model's context: its text and media take {prompt} tokens"
-                f"{f' and max_tokens asks for {max_new_tokens} more' if max_new_tokens else ''}, but the model holds "
-                f"{limit}. Send fewer or shorter images and audio clips, fewer turns, or a smaller max_tokens.",
+                f"{f' and max_tokens asks for {asked} more' if asked else ''}, but the model holds {limit}. "
+                "Send fewer or shorter images and audio clips, fewer turns, or a smaller max_tokens.",
                 param="messages",
             )
         budget = min(budget, limit - prompt)
     return dict(inputs), budget
 
 
-# ------------------------------------------------------------------------------------------------ batching
-@dataclass
-class Job:
-    """One request waiting for (or in) a batch. Events go to `events` on the server's loop."""
-
-    inputs: dict
-    max_new_tokens: int
-    sampling: tuple  # (do_sample, temperature, top_p): requests batch together only when these agree
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    batch_size: int = 0
-
-    def emit(self, *event):
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-
-class BatchStreamer:
-    """`generate` streamer for a batch: routes each row's new tokens to its job as text pieces."""
-
-    def __init__(self, jobs: list[Job], tokenizer, stop_ids: set[int]):
-        self.jobs, self.tokenizer, self.stop_ids = jobs, tokenizer, stop_ids
-        self.tokens = [[] for _ in jobs]
-        self.sent = ["" for _ in jobs]
-        self.done = [False] * len(jobs)
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor):
-        if not self.prompt_seen:  # the first call carries the prompts
-            self.prompt_seen = True
-            return
-        for row, token in enumerate(value.reshape(len(self.jobs), -1)[:, -1].tolist()):
-            if self.done[row]:
-                continue
-            if token in self.stop_ids:
-                self._finish(row, "stop")
-                continue
-            self.tokens[row].append(token)
-            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-            if not text.endswith("\ufffd") and len(text) > len(self.sent[row]):
-                self.jobs[row].emit("text", text[len(self.sent[row]) :])
-                self.sent[row] = text
-            if len(self.tokens[row]) >= self.jobs[row].max_new_tokens:
-                self._finish(row, "length")
-
-    def end(self):
-        for row in range(len(self.jobs)):
-            if not self.done[row]:
-                self._finish(row, "length")
-
-    def _finish(self, row: int, reason: str):
-        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-        if len(text) > len(self.sent[row]):
-            self.jobs[row].emit("text", text[len(self.sent[row]) :])
-        self.jobs[row].emit("done", reason, len(self.tokens[row]) + (reason == "stop"))
-        self.done[row] = True
-
-
-class Batcher:
-    """Collects jobs that arrive within `wait_s` of each other and answers them with one `generate` call."""
-
-    def __init__(self, model, processor, max_batch_size: int = 8, wait_s: float = 0.01):
-        self.model, self.processor = model, processor
-        self.max_batch_size, self.wait_s = max_batch_size, wait_s
-        self.queue: queue.Queue = queue.Queue()
-        eos = model.generation_config.eos_token_id
-        self.stop_ids = set([eos] if isinstance(eos, int) else (eos or []))
-        self.batches = 0
-        threading.Thread(target=self._run, name="mmmmodal-batcher", daemon=True).start()
-
-    def submit(self, job: Job):
-        self.queue.put(job)
-
-    def _collect(self) -> list[Job]:
-        jobs = [self.queue.get()]
-        deadline = time.monotonic() + self.wait_s
-        held = []
-        while len(jobs) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
-            try:
-                job = self.queue.get(timeout=left)
-            except queue.Empty:
-                break
-            (jobs if job.sampling == jobs[0].sampling else held).append(job)
-        for job in held:  # other sampling settings: next batch
-            self.queue.put(job)
-        return jobs
-
-    def _run(self):
-        while True:
-            jobs = self._collect()
-            try:
-                self._generate(jobs)
-            except Exception as error:  # report to every waiting client; the server keeps serving
-                logger.exception("Generation failed")
-                for job in jobs:
-                    job.emit("error", f"Generation failed: {error}")
-
-    def _generate(self, jobs: list[Job]):
-        batch = collate([job.inputs for job in jobs], self.processor.tokenizer.pad_token_id)
-        batch = {k: v.to(self.model.device) for k, v in batch.items()}
-        for key in ("pixel_values", "input_features"):
-            if key in batch:
-                batch[key] = batch[key].to(self.model.dtype)
-        do_sample, temperature, top_p = jobs[0].sampling
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
-        for job in jobs:
-            job.batch_size = len(jobs)
-        self.batches += 1
-        with torch.inference_mode():
-            self.model.generate(
-                **batch,
-                max_new_tokens=max(job.max_new_tokens for job in jobs),
-                streamer=BatchStreamer(jobs, self.processor.tokenizer, self.stop_ids),
-                **sampling,
-            )
-
-
-def collate(items: list[dict], pad_id: int) -> dict:
-    """Left-pad the token ids of several requests; media tensors are concatenated in request order."""
-    length = max(item["input_ids"].shape[1] for item in items)
-    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), length), dtype=torch.long)
-    for row, item in enumerate(items):
-        n = item["input_ids"].shape[1]
-        ids[row, length - n :] = item["input_ids"][0]
-        mask[row, length - n :] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    for key in ("pixel_values", "input_features", "input_features_mask"):
-        parts = [item[key] for item in items if key in item]
-        if parts:
-            batch[key] = torch.cat(parts)
-    return batch
-
-
 # ------------------------------------------------------------------------------------------------ HTTP app
-def build_app(model, processor, model_name: str, batcher: Batcher, local_files: bool = True,
-              default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-    """The FastAPI app: `/v1/chat/completions`, `/v1/models`, `/health`."""
+def error_body(message: str, status: int, param=None, code=None) -> dict:
+    """OpenAI's error JSON."""
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class ApiKeyMiddleware:
+    """Answers 401 to a `/v1/...` request without `Authorization: Bearer <key>` (ASGI, so streaming is untouched)."""
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                from fastapi.responses import JSONResponse
+
+                body = error_body("Incorrect or missing API key: send `Authorization: Bearer <key>`.", 401,
+                                  code="invalid_api_key")
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(model, processor, model_name: str, batcher: Batcher, policy: MediaPolicy | None = None,
+              default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, api_key: str | None = None,
+              max_media: int = 32, max_body_bytes: int = 64 * 2**20):
+    """The FastAPI app: `/v1/chat/completions`, `/v1/models`, `/v1/models/{id}`, `/health`."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
 
-    app = FastAPI(title="MMMModal")
-    limit = context_limit(model)
-
-    @app.exception_handler(RequestError)
-    async def refuse(_request, error: RequestError):
-        body = {"error": {"message": str(error), "type": "invalid_request_error", "param": error.param, "code": None}}
-        return JSONResponse(body, status_code=error.status)
+    app = FastAPI(title="MMMModal", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_error_handlers(app)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, key=api_key)
+    policy = policy or MediaPolicy()
+    limit, defaults, started = context_limit(model), sampling_defaults(model.generation_config), int(time.time())
+    card = {"id": model_name, "object": "model", "created": started, "owned_by": "mmmmodal"}
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "batches": batcher.batches}
+        return {"status": "ok", **batcher.stats()}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "mmmmodal"}]}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model_card(model_id: str):
+        if model_id != model_name:
+            raise RequestError(f"The model {model_id!r} does not exist.", status=404, code="model_not_found")
+        return card
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _json_body(request)
-        messages, media = parse_messages(body.get("messages"), local_files)
-        max_new_tokens, sampling = _generation_settings(body)
-        inputs, budget = await asyncio.to_thread(
-            encode_request, processor, messages, media, limit, max_new_tokens, default_max_new_tokens
-        )
-        job = Job(inputs, budget, sampling, asyncio.get_running_loop())
-        batcher.submit(job)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        prompt_tokens = inputs["input_ids"].shape[1]
-        if body.get("stream"):
-            return StreamingResponse(_sse(job, request_id, model_name, prompt_tokens), media_type="text/event-stream")
-        text, reason, completion_tokens = await _collect(job)
-        completion = {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
-            "usage": _usage(prompt_tokens, completion_tokens),
-        }
-        return JSONResponse(completion, headers={"x-batch-size": str(job.batch_size)})
+        chat = parse_request(await _json_body(request, max_body_bytes), model_name, defaults, max_media)
+        inputs, budget = await asyncio.to_thread(encode_request, processor, chat, policy, limit, default_max_new_tokens)
+        events = asyncio.Queue()
+        jobs = [Job(inputs, budget, asyncio.get_running_loop(), events, chat.sampling, chat.seed, chat.stop, index=i)
+                for i in range(chat.n)]
+        if await request.is_disconnected():
+            return JSONResponse(error_body("The client went away.", 400), status_code=400)
+        for job in jobs:
+            batcher.submit(job)
+        reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", model_name, inputs["input_ids"].shape[1], chat.n)
+        if chat.stream:
+            return StreamingResponse(reply.sse(jobs, batcher, chat.include_usage), media_type="text/event-stream")
+        completion = await reply.collect(jobs, batcher, request)
+        if completion is None:  # the client went away; nobody reads this
+            return JSONResponse(error_body("The client went away.", 400), status_code=400)
+        return JSONResponse(completion, headers={"x-batch-size": str(jobs[0].batch_size)})
 
     return app
 
 
-async def _json_body(request) -> dict:
+def _install_error_handlers(app):
+    """Every error the app can give (ours, routing's 404 / 405, validation's 422, anything else's 500) in one shape."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(RequestError)
+    async def refused(_request, error: RequestError):
+        return JSONResponse(error_body(str(error), error.status, error.param, error.code), status_code=error.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):
+        message = {404: f"No such route: {request.method} {request.url.path}.",
+                   405: f"Method {request.method} is not allowed on {request.url.path}."}.get(error.status_code)
+        return JSONResponse(error_body(message or str(error.detail), error.status_code), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, error: RequestValidationError):
+        where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in error.errors())
+        return JSONResponse(error_body(f"Invalid request: {where}", 422), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def crashed(_request, error: Exception):
+        logger.error("Unhandled error", exc_info=error)
+        return JSONResponse(error_body(f"The server failed on this request ({type(error).__name__}).", 500),
+                            status_code=500)
+
+
+async def _json_body(request, max_bytes: int) -> dict:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise RequestError(f"The request body is {declared} bytes, over this server's limit of {max_bytes} bytes "
+                           "(--max-request-mb).", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestError(f"The request body is over this server's limit of {max_bytes} bytes (--max-request-mb).",
+                               status=413)
+        chunks.append(chunk)
     try:
-        body = json.loads(await request.body())
+        return json.loads(b"".join(chunks))
     except ValueError as error:
-        raise RequestError(f"The request body is not valid JSON: {error}.") from error
-    if not isinstance(body, dict):
-        raise RequestError("The request body must be a JSON object.")
-    if body.get("n", 1) != 1:
-        raise RequestError("Only n=1 is supported.", param="n")
-    return body
+        raise RequestError(f"The request body is not valid JSON: {error}.") from None
 
 
-def _generation_settings(body: dict) -> tuple[int | None, tuple]:
-    max_new_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
-        raise RequestError(f"max_tokens must be a positive integer, got {max_new_tokens!r}.", param="max_tokens")
-    temperature = float(body.get("temperature") if body.get("temperature") is not None else 0.0)
-    top_p = float(body.get("top_p") if body.get("top_p") is not None else 1.0)
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise RequestError("temperature must be >= 0 and top_p in (0, 1].", param="temperature")
-    sampling = (True, temperature, top_p) if temperature > 0 else (False, 0.0, 1.0)
-    return max_new_tokens, sampling
+class Reply:
+    """Turns the events of a request's jobs into an OpenAI completion, or a stream of chunks."""
 
+    def __init__(self, request_id: str, model_name: str, prompt_tokens: int, n: int):
+        self.id, self.model, self.prompt_tokens, self.n = request_id, model_name, prompt_tokens, n
+        self.created = int(time.time())
+        self.include_usage = False
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    def usage(self, completion_tokens: int) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens + completion_tokens}
 
+    async def collect(self, jobs: list[Job], batcher: Batcher, request) -> dict | None:
+        """The whole completion, or None if the client disconnected first (its jobs are then cancelled)."""
+        texts, finished, tokens = [[] for _ in jobs], [None] * len(jobs), 0
+        events = jobs[0].events
+        try:
+            while None in finished:
+                try:
+                    kind, index, *payload = await asyncio.wait_for(events.get(), timeout=0.1)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        batcher.cancel(jobs)
+                        return None
+                    continue
+                if kind == "error":
+                    raise RequestError(payload[0], status=500)
+                if kind == "text":
+                    texts[index].append(payload[0])
+                else:
+                    finished[index] = payload[0]
+                    tokens += payload[1]
+        finally:
+            if None in finished:
+                batcher.cancel(jobs)
+        choices = [{"index": i, "message": {"role": "assistant", "content": "".join(t)}, "finish_reason": reason}
+                   for i, (t, reason) in enumerate(zip(texts, finished))]
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": choices, "usage": self.usage(tokens)}
 
-async def _collect(job: Job) -> tuple[str, str, int]:
-    from fastapi import HTTPException
-
-    pieces = []
-    while True:
-        event = await job.events.get()
-        if event[0] == "text":
-            pieces.append(event[1])
-        elif event[0] == "done":
-            return "".join(pieces), event[1], event[2]
-        else:
-            raise HTTPException(status_code=500, detail=event[1])
-
-
-async def _sse(job: Job, request_id: str, model_name: str, prompt_tokens: int):
-    def chunk(delta: dict, finish_reason=None, usage=None) -> str:
-        body = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
-        if usage is not None:
+    def chunk(self, choices: list, usage: dict | None = None) -> str:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": choices}
+        if self.include_usage:  # OpenAI: every chunk carries "usage", null until the last one (no choices)
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    while True:
-        event = await job.events.get()
-        if event[0] == "text":
-            yield chunk({"content": event[1]})
-        elif event[0] == "done":
-            yield chunk({}, finish_reason=event[1], usage=_usage(prompt_tokens, event[2]))
-            break
-        else:
-            yield f"data: {json.dumps({'error': {'message': event[1], 'type': 'server_error'}})}\n\n"
-            break
-    yield "data: [DONE]\n\n"
+    async def sse(self, jobs: list[Job], batcher: Batcher, include_usage: bool):
+        """Server-sent events; a client that disconnects ends this generator, which cancels the jobs."""
+        events, open_rows, tokens = jobs[0].events, set(range(len(jobs))), 0
+        self.include_usage = include_usage
+        try:
+            for i in range(len(jobs)):
+                yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            while open_rows:
+                kind, index, *payload = await events.get()
+                if kind == "error":
+                    yield f"data: {json.dumps(error_body(payload[0], 500))}\n\n"
+                    return
+                if kind == "text":
+                    yield self.chunk([{"index": index, "delta": {"content": payload[0]}, "finish_reason": None}])
+                else:
+                    open_rows.discard(index)
+                    tokens += payload[1]
+                    yield self.chunk([{"index": index, "delta": {}, "finish_reason": payload[0]}])
+            if include_usage:
+                yield self.chunk([], usage=self.usage(tokens))
+            yield "data: [DONE]\n\n"
+        finally:
+            if open_rows:
+                batcher.cancel(jobs)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def _number(kind, minimum):
+    def parse(text):
+        value = kind(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"{kind.__name__} >= {minimum}"  # argparse names it in its error
+    return parse
+
+
 def register(subparsers):
     parser = subparsers.add_parser("serve", help="Serve a checkpoint over the OpenAI chat-completions protocol.")
     parser.add_argument("checkpoint", help="A folder written by save_pretrained, or a hub repository id.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", default=None, help="Name reported in responses (default: the checkpoint).")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help="Answer length when a request gives no max_tokens.")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--batch-wait-ms", type=float, default=10.0,
-                        help="How long the first request of a batch waits for others to join it.")
-    parser.add_argument("--no-local-files", dest="local_files", action="store_false",
-                        help="Refuse media given as paths on the server's disk (URLs and base64 still work).")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                        help=f"Require `Authorization: Bearer KEY` on /v1 routes (default: ${API_KEY_ENV}; none).")
+    parser.add_argument("--max-new-tokens", type=_number(int, 1), default=DEFAULT_MAX_NEW_TOKENS,
+                        help="Answer length when a request gives no max_completion_tokens (default: %(default)s).")
+    parser.add_argument("--max-batch-size", type=_number(int, 1), default=8, help="(default: %(default)s)")
+    parser.add_argument("--batch-wait-ms", type=_number(float, 0), default=10.0,
+                        help="How long the first request of a batch waits for others to join it (default: %(default)s).")
+    parser.add_argument("--max-request-mb", type=_number(float, 0.001), default=64.0,
+                        help="Largest request body (default: %(default)s).")
+    parser.add_argument("--max-media-per-request", type=_number(int, 1), default=32,
+                        help="Most images + audio clips per request (default: %(default)s).")
+    _add_media_arguments(parser)
+    add_loading_arguments(parser)
     parser.set_defaults(func=_main)
+
+
+def _add_media_arguments(parser):
+    group = parser.add_argument_group("media policy (what image_url / audio_url / input_audio may read)")
+    group.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
+                       help="Read local paths and file:// URLs, but only under DIR (symlinks and .. resolved first). "
+                            "Default: local files are refused.")
+    group.add_argument("--allowed-media-domains", nargs="+", default=(), metavar="HOST",
+                       help="Fetch URLs (and follow redirects) only to these hosts. Default: any public host.")
+    group.add_argument("--allowed-media-networks", nargs="+", default=(), metavar="CIDR",
+                       help="Non-public networks URLs may reach anyway (e.g. 10.0.0.0/8). Default: loopback, private, "
+                            "link-local, multicast and reserved addresses are refused.")
+    group.add_argument("--media-max-redirects", type=_number(int, 0), default=3,
+                       help="Redirects followed per URL, each hop checked (default: %(default)s).")
+    group.add_argument("--media-fetch-timeout", type=_number(float, 0.001), default=20.0,
+                       help="Seconds per URL fetch, transfer included (default: %(default)s).")
+    group.add_argument("--media-max-mb", type=_number(float, 0.001), default=25.0,
+                       help="Most bytes read from one media source, in MiB (default: %(default)s).")
+    group.add_argument("--media-max-pixels", type=_number(int, 1), default=25_000_000,
+                       help="Most pixels of one image (default: %(default)s).")
+    group.add_argument("--media-max-audio-seconds", type=_number(float, 0.001), default=None,
+                       help="Longest audio clip (default: the processor's max_audio_seconds).")
+
+
+def media_policy(args, processor) -> MediaPolicy:
+    return MediaPolicy(
+        local_root=args.allowed_local_media_path,
+        domains=tuple(args.allowed_media_domains),
+        networks=tuple(args.allowed_media_networks),
+        max_bytes=int(args.media_max_mb * 2**20),
+        max_redirects=args.media_max_redirects,
+        timeout_s=args.media_fetch_timeout,
+        max_pixels=args.media_max_pixels,
+        max_audio_seconds=args.media_max_audio_seconds or getattr(processor, "max_audio_seconds", 300.0),
+    )
 
 
 def _main(args) -> int:
     import uvicorn
 
-    model, processor = load_checkpoint(args.checkpoint, args.device, args.dtype)
+    try:
+        policy = media_policy(args, None)  # bad flags fail before the model loads
+    except ValueError as error:
+        raise SystemExit(f"mmmmodal serve: {error}") from None
+    model, processor = load_checkpoint(args.checkpoint, args.device, args.dtype, args.trust_remote_code)
+    policy = media_policy(args, processor)
     batcher = Batcher(model, processor, args.max_batch_size, args.batch_wait_ms / 1000)
     name = args.model_name or args.checkpoint.rstrip("/").split("/")[-1]
-    app = build_app(model, processor, name, batcher, args.local_files, args.max_new_tokens)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    app = build_app(model, processor, name, batcher, policy, args.max_new_tokens, args.api_key,
+                    args.max_media_per_request, int(args.max_request_mb * 2**20))
+    logger.info(f"Serving {name!r} on http://{args.host}:{args.port}/v1 (API key: {'yes' if args.api_key else 'no'}; "
+                f"local media: {policy.local_root or 'refused'}; URL fetches: "
+                f"{', '.join(policy.domains) or 'any public host'}"
+                f"{'; plus networks ' + ', '.join(map(str, policy.networks)) if policy.networks else ''}).")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLevelName(logger.getEffectiveLevel()).lower())
     return 0

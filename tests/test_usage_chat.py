@@ -169,6 +169,9 @@ def test_cli_chat_streams_from_a_checkpoint(tiny):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("assistant: ") == 2 and "[new conversation]" in result.stdout
+    # the installed classes load it (no prompt to run the checkpoint's code), and the CLI says so at info level
+    assert "INFO mmmmodal.loading: Loaded" in result.stderr and "with the installed mmmmodal classes" in result.stderr
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
 
 
 def test_an_abandoned_stream_does_not_corrupt_the_next_turn(tiny):
