@@ -32,7 +32,7 @@ setup(
         "ui": ["gradio==6.31.*"],
         # everything the test suite drives: the server (with the official openai client) and the web demo in a
         # real browser (Playwright's Python API; the browser itself is Debian's chromium, see .ci/install_browser.sh)
-        "test": ["pytest", "pytest-timeout", "openai", "fastapi", "uvicorn", "gradio==6.31.*", "playwright==1.65.*"],
+        "test": ["pytest", "pytest-timeout", "openai", "fastapi", "uvicorn", "gradio==6.31.*", "playwright==1.65.*", "gguf>=0.10"],
     },
     entry_points={"console_scripts": ["mmmmodal=mmmmodal.cli:main"]},
 )
