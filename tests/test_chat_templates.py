@@ -244,3 +244,15 @@ def test_a_template_that_puts_media_in_the_wrong_place_is_caught():
                                          "{{- '<|im_end|>' -}}")
     with pytest.raises(ValueError, match="expected each assistant answer with its end-of-turn token"):
         check_extended_template(base, unmarked_end, tokenizer)
+
+
+def test_the_extended_template_survives_save_and_load_and_is_never_extended_twice(built, tmp_path):
+    shape, folder, llm_tokenizer, _, processor, _ = built
+    processor.save_pretrained(tmp_path)
+    loaded = MMMModalProcessor.from_pretrained(tmp_path)
+    assert loaded.chat_template == processor.chat_template == loaded.tokenizer.chat_template
+    assert llm_tokenizer.chat_template.removesuffix("\n") in processor.chat_template  # Jinja drops that newline
+    # built directly from the LLM's tokenizer (the default), or from one that carries the extension already
+    direct = MMMModalProcessor(processor.image_processor, processor.feature_extractor, AutoTokenizer.from_pretrained(folder))
+    again = MMMModalProcessor(processor.image_processor, processor.feature_extractor, loaded.tokenizer)
+    assert direct.chat_template == again.chat_template == processor.chat_template
