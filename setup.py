@@ -37,7 +37,7 @@ setup(
         # (torchcodec, which needs Debian's FFmpeg libraries; 0.13 is the release built for torch 2.13). The Debian
         # packages: .ci/install_system_packages.sh.
         "test": ["pytest", "pytest-timeout", "openai", "fastapi", "uvicorn", "gradio>=6.31,<7", "playwright>=1.65,<2",
-                 "torchcodec==0.13.*"],
+                 "torchcodec==0.13.*", "gguf>=0.10"],
     },
     entry_points={"console_scripts": ["mmmmodal=mmmmodal.cli:main"]},
 )

@@ -3,6 +3,10 @@
     mmmmodal build --vision google/siglip-base-patch16-384 --audio openai/whisper-small \\
         --text TinyLlama/TinyLlama-1.1B-Chat-v1.0 --out mmmmodal-tinyllama
 
+The checkpoint's chat template is the language model's own, extended so that image and audio parts render as
+`<image>` / `<audio>` and assistant answers are marked for `--assistant_only_loss`: a text-only chat renders to the
+language model's own ids. A language model without a chat template gets ChatML, and the build says so.
+
 `--tiny` builds the parts offline from tiny configs instead (for trying things without a download).
 """
 
@@ -40,17 +44,26 @@ def run(args) -> int:
         if not args.text:
             raise SystemExit("mmmmodal build: --text is required (or use --tiny).")
         vision, audio, text = args.vision, args.audio, args.text
-    model, _ = build_checkpoint(
-        args.out,
-        vision,
-        audio,
-        text,
-        dtype=DTYPES[args.dtype] if args.dtype else None,
-        vision_feature_layer=args.vision_feature_layer,
-        audio_feature_layer=args.audio_feature_layer,
-    )
+    try:
+        model, processor = build_checkpoint(
+            args.out,
+            vision,
+            audio,
+            text,
+            dtype=DTYPES[args.dtype] if args.dtype else None,
+            vision_feature_layer=args.vision_feature_layer,
+            audio_feature_layer=args.audio_feature_layer,
+        )
+    except ValueError as error:  # a part without a tokenizer, a template that cannot be extended, ...
+        raise SystemExit(f"mmmmodal build: {error}") from error
+    from modeling_mmmmodal.processing_mmmmodal import CHAT_TEMPLATE
+
     n_params = sum(p.numel() for p in model.parameters())
     print(f"Saved MMMModal ({n_params / 1e6:.1f}M parameters) to {args.out}")
+    if processor.chat_template == CHAT_TEMPLATE:
+        print(f"Chat template: ChatML, because the language model {text} has none of its own.")
+    else:
+        print(f"Chat template: the language model's own ({text}), extended with image and audio parts.")
     return 0
 
 

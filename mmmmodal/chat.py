@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache, TextIteratorStreamer
 from transformers.utils import logging
 
-from modeling_mmmmodal.configuration_mmmmodal import TURN_END_TOKEN
+from modeling_mmmmodal.processing_mmmmodal import turn_end
 
 from .loading import add_loading_arguments, context_limit, load_checkpoint
 
@@ -84,7 +84,10 @@ class ChatSession:
         self.max_new_tokens = max_new_tokens
         self.system = system
         self.generate_kwargs = {"do_sample": False, **generate_kwargs}
-        self.turn_end_id = processor.tokenizer.convert_tokens_to_ids(TURN_END_TOKEN)
+        # The chat template's own end of turn (`<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3, ...) and the text
+        # it writes after an answer (`<|im_end|>\n`): what closes a turn before the next one.
+        self.turn_end_token, self._turn_tail = turn_end(processor.tokenizer, processor.chat_template)
+        self.turn_end_id = processor.tokenizer.convert_tokens_to_ids(self.turn_end_token)
         self.reset()
 
     # ------------------------------------------------------------------------------------------------ state
@@ -168,11 +171,14 @@ class ChatSession:
         images, audio = conversation_media(self.messages[self._cached_messages :])
         images += [loaded for part, loaded in self.pending if part["type"] == "image"]
         audio += [loaded for part, loaded in self.pending if part["type"] == "audio"]
+        text = self._closing + after[len(before) :]
+        bos = self.processor.tokenizer.bos_token
         inputs = self.processor(
-            text=self._closing + after[len(before) :],
+            text=text,
             images=images or None,
             audio=audio or None,
-            add_special_tokens=self._ids is None,
+            # as `apply_chat_template(tokenize=True)`: a template that writes the bos token itself gets no second one
+            add_special_tokens=self._ids is None and not (bos and text.startswith(bos)),
             return_tensors="pt",
         )
         new_ids = inputs.pop("input_ids")
@@ -233,7 +239,10 @@ class ChatSession:
         self._ids, self._cache = sequences, result["cache"]
         self._last_prompt_length = result["prompt_length"]
         ended = len(answer_ids) > 0 and int(answer_ids[-1]) == self.turn_end_id
-        self._closing = ("" if ended else TURN_END_TOKEN) + "\n"  # ChatML: `<|im_end|>\n` closes every turn
+        # The cache holds the answer, and its end-of-turn token if the model stopped there; the rest of the template's
+        # closing goes before the next turn.
+        tail = self._turn_tail
+        self._closing = tail[tail.index(self.turn_end_token) + len(self.turn_end_token):] if ended else tail
         self.pending = []
 
 

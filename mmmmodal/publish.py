@@ -50,18 +50,24 @@ PIPELINE_TAG = "any-to-any"  # transformers' pipeline for AutoModelForMultimodal
 PART_NAMES = ("vision", "audio", "text")
 
 
-def base_models(config, override: list[str] | None = None) -> dict[str, str]:
-    """Hub ids of the parts the model was built from, by part: `--base-model` values, else `config.base_models`.
-
-    Local folders are left out (the Hub only links repositories).
-    """
+def part_sources(config, override: list[str] | None = None) -> dict[str, str]:
+    """What each part was built from, by part: `--base-model` values, else `config.base_models` (hub ids as given,
+    local folders by their recorded name). A path (recorded by an older build) is cut to its folder's name."""
     present = [name for name, sub in zip(PART_NAMES, (config.vision_config, config.audio_config, True)) if sub]
     sources = override if override else list(getattr(config, "base_models", None) or [])
     if len(sources) != len(present):
         if sources:
             logger.warning(f"Expected {len(present)} base models ({', '.join(present)}), got {sources}; not linking them.")
         return {}
-    return {name: source for name, source in zip(present, sources) if _is_repo_id(source)}
+    return {name: Path(source).name if os.path.isabs(source) else source for name, source in zip(present, sources)}
+
+
+def base_models(config, override: list[str] | None = None) -> dict[str, str]:
+    """Hub ids of the parts the model was built from, by part (see `part_sources`).
+
+    Local folders are left out (the Hub only links repositories).
+    """
+    return {name: source for name, source in part_sources(config, override).items() if _is_repo_id(source)}
 
 
 def _is_repo_id(source: str) -> bool:
@@ -98,7 +104,7 @@ def stage_repository(checkpoint, out_dir, repo_id: str, license: str = "apache-2
         logger.info(f"Not uploading (not part of a model repository): {', '.join(skipped)}")
     check_repository(out)
     config = MMMModalConfig.from_pretrained(out)
-    card = model_card(config, repo_id, license, list(datasets), base_models(config, base_model))
+    card = model_card(config, repo_id, license, list(datasets), part_sources(config, base_model))
     (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
@@ -125,9 +131,14 @@ def check_repository(folder) -> None:
         )
 
 
-def model_card(config, repo_id: str, license: str, datasets: list[str], bases: dict[str, str]) -> str:
-    """The model card: YAML metadata (through `huggingface_hub.ModelCardData`) and a usage snippet that runs."""
-    from huggingface_hub import ModelCard, ModelCardData
+def model_card(config, repo_id: str, license: str, datasets: list[str], sources: dict[str, str]) -> str:
+    """The model card: YAML metadata (through `huggingface_hub.ModelCardData`) and a usage snippet that runs.
+
+    `sources` (from `part_sources`) fills the parts table; its hub ids are the card's `base_model`.
+    """
+    from huggingface_hub import ModelCardData
+
+    bases = {name: source for name, source in sources.items() if _is_repo_id(source)}
 
     data = ModelCardData(
         license=license,
@@ -139,12 +150,18 @@ def model_card(config, repo_id: str, license: str, datasets: list[str], bases: d
         tags=["mmmmodal", "multimodal", "image-text-to-text", "audio-text-to-text", "custom_code"],
     )
     parts = "\n".join(
-        f"| {name} | {_part_kind(config, name)} | {bases.get(name, 'built locally')} |" for name in PART_NAMES
+        f"| {name} | {_part_kind(config, name)} | {_part_base(name, sources, bases)} |" for name in PART_NAMES
         if name == "text" or getattr(config, f"{name}_config") is not None
     )
     body = CARD_TEMPLATE.format(repo_id=repo_id, parts=parts, name=repo_id.split("/")[-1],
                                 datasets=", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets) or "not recorded")
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _part_base(name: str, sources: dict[str, str], bases: dict[str, str]) -> str:
+    if name in bases:
+        return bases[name]
+    return f"{sources[name]} (a local folder)" if name in sources else "built locally"
 
 
 def _part_kind(config, name: str) -> str:

@@ -41,8 +41,6 @@ IMAGE_PAD_TOKEN = "<|image_pad|>"
 AUDIO_TOKEN = "<audio>"
 AUDIO_END_TOKEN = "</audio>"
 AUDIO_PAD_TOKEN = "<|audio_pad|>"
-TURN_START_TOKEN = "<|im_start|>"
-TURN_END_TOKEN = "<|im_end|>"
 SPECIAL_TOKENS = (
     IMAGE_TOKEN,
     IMAGE_END_TOKEN,
@@ -50,9 +48,12 @@ SPECIAL_TOKENS = (
     AUDIO_TOKEN,
     AUDIO_END_TOKEN,
     AUDIO_PAD_TOKEN,
-    TURN_START_TOKEN,
-    TURN_END_TOKEN,
 )
+# The turn tokens of the ChatML fallback template, added only for a language model that has no chat template of its
+# own (a model with a template keeps its own turn format and end-of-turn token).
+TURN_START_TOKEN = "<|im_start|>"
+TURN_END_TOKEN = "<|im_end|>"
+CHATML_TOKENS = (TURN_START_TOKEN, TURN_END_TOKEN)
 
 TRAINING_STAGES = (None, 1, 2)
 

@@ -26,7 +26,6 @@ from .configuration_mmmmodal import (
     IMAGE_PAD_TOKEN,
     IMAGE_TOKEN,
     TRAINING_STAGES,
-    TURN_END_TOKEN,
     MMMModalConfig,
     audio_token_lengths,
 )
@@ -355,7 +354,8 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             self.set_training_stage(config.training_stage)
 
     @classmethod
-    def from_parts(cls, vision=None, audio=None, text=None, processor=None, dtype=None, **config_kwargs):
+    def from_parts(cls, vision=None, audio=None, text=None, processor=None, dtype=None, mean_resizing=True,
+                   **config_kwargs):
         """Compose a new model from three pretrained sources (hub ids or local folders), keeping their weights.
 
         Args:
@@ -363,10 +363,16 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             audio (`str`, *optional*): a Whisper checkpoint (only its encoder is kept); `None` for no audio tower.
             text (`str`): any causal LM checkpoint.
             processor ([`MMMModalProcessor`]): built with `MMMModalProcessor.from_parts`; its tokenizer (with the
-                span tokens added) sets the token ids and the grown vocabulary.
+                span tokens added) sets the token ids and the grown vocabulary, its chat template the end of turn.
             dtype (`torch.dtype`, *optional*): dtype to load the parts in.
+            mean_resizing (`bool`, *optional*, defaults to `True`): start the rows of the new tokens at the mean of
+                the language model's rows (transformers' `resize_token_embeddings(mean_resizing=True)`), so that they
+                change no prediction of the language model; `False` draws them at random.
             **config_kwargs: other [`MMMModalConfig`] fields (feature layers, ...). The audio projector's kernel,
                 stride and the audio cap come from the processor, so that both count tokens alike.
+
+        `generation_config` is the language model's, stopping also at its chat template's end-of-turn token;
+        `config.base_models` records each source as given (a hub id), or a local folder's recorded name.
 
         Example:
 
@@ -379,6 +385,8 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         """
         from transformers import AutoConfig, AutoModelForCausalLM, WhisperModel
 
+        from .processing_mmmmodal import turn_end
+
         if text is None or processor is None:
             raise ValueError("`text` (a causal LM source) and `processor` (MMMModalProcessor.from_parts) are required.")
         load = {"dtype": dtype} if dtype is not None else {}
@@ -388,8 +396,9 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             vision_config = getattr(vision_config, "vision_config", vision_config)
         audio_config = AutoConfig.from_pretrained(audio) if audio is not None else None
         text_model = AutoModelForCausalLM.from_pretrained(text, **load)
+        tokenizer = processor.tokenizer
         ids = {
-            f"{name}_id": processor.tokenizer.convert_tokens_to_ids(token)
+            f"{name}_id": tokenizer.convert_tokens_to_ids(token)
             for name, token in (
                 ("image_token", IMAGE_PAD_TOKEN), ("image_start_token", IMAGE_TOKEN), ("image_end_token", IMAGE_END_TOKEN),
                 ("audio_token", AUDIO_PAD_TOKEN), ("audio_start_token", AUDIO_TOKEN), ("audio_end_token", AUDIO_END_TOKEN),
@@ -417,17 +426,65 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             if projector is not None:
                 model._init_weights(projector)
                 projector.to(text_model.dtype)
-        model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+        model._add_token_rows(tokenizer, getattr(processor, "new_tokens", []), mean_resizing)
         model.generation_config = text_model.generation_config
-        end_of_turn = processor.tokenizer.convert_tokens_to_ids(TURN_END_TOKEN)
+        end_of_turn = tokenizer.convert_tokens_to_ids(turn_end(tokenizer, processor.chat_template)[0])
         eos = model.generation_config.eos_token_id
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         model.generation_config.eos_token_id = eos + [end_of_turn] if end_of_turn not in eos else eos
-        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-        model.config.base_models = [str(source) for source in (vision, audio, text) if source is not None]
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        parts = [(sub, cls._recorded_name(source)) for sub, source in
+                 ((model.config.vision_config, vision), (model.config.audio_config, audio), (model.config.text_config, text))
+                 if source is not None]
+        for sub_config, name in parts:  # a sub-config saves where it was loaded from: the recorded name instead
+            sub_config._name_or_path = name
+        model.config.base_models = [name for _, name in parts]
         if config.training_stage is not None:
             model.set_training_stage(config.training_stage)
         return model
+
+    def _add_token_rows(self, tokenizer, new_tokens: list[str], mean_resizing: bool):
+        """Grow the embeddings (and an untied lm_head) to the tokenizer, never shrinking them.
+
+        A language model whose matrix has spare rows past its tokenizer (Qwen2's, padded for speed) gets the new
+        tokens in those rows: with `mean_resizing` they are set to the mean of the rows before them, as transformers
+        does for rows it adds.
+        """
+        rows = self.get_input_embeddings().num_embeddings
+        self.resize_token_embeddings(max(len(tokenizer), rows), mean_resizing=mean_resizing)
+        spare = sorted(i for i in tokenizer.convert_tokens_to_ids(new_tokens) if i < rows)
+        if not (spare and mean_resizing):
+            return
+        with torch.no_grad():
+            for layer in {self.get_input_embeddings(), self.get_output_embeddings()}:
+                weight = layer.weight
+                weight[spare] = weight[: spare[0]].float().mean(0).to(weight.dtype)
+                if getattr(layer, "bias", None) is not None:
+                    layer.bias[spare] = layer.bias[: spare[0]].float().mean().to(layer.bias.dtype)
+
+    @staticmethod
+    def _recorded_name(source) -> str:
+        """What `config.base_models` records for a source: a hub id as given; for a local folder, the hub id its
+        config recorded (`_name_or_path`, or a hub cache folder `models--org--name`), else the folder's name. Never
+        a path of the machine that built the model."""
+        import json
+        import os
+        import re
+
+        path = os.path.abspath(os.path.expanduser(str(source)))
+        if not os.path.isdir(path):
+            return str(source)
+        config_file = os.path.join(path, "config.json")
+        recorded = None
+        if os.path.isfile(config_file):
+            with open(config_file, encoding="utf-8") as file:
+                recorded = json.load(file).get("_name_or_path")
+        if isinstance(recorded, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", recorded) and not os.path.exists(recorded):
+            return recorded
+        cached = re.search(r"models--([\w.-]+?)--([\w.-]+)[/\\]snapshots[/\\]", path + os.sep)
+        if cached:
+            return f"{cached.group(1)}/{cached.group(2)}"
+        return os.path.basename(path.rstrip(os.sep))
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -101,7 +101,11 @@ def test_build_command_writes_a_loadable_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert model.model.audio_tower is None and model.model.vision_tower is not None
-    assert model.config.base_models == [str(out / "parts" / "vision"), str(out / "parts" / "text")]
+    # local folders are recorded by name, never by a path of the building machine
+    assert model.config.base_models == ["vision", "text"]
+    assert str(tmp_path) not in (out / "config.json").read_text()
+    # the tiny LLM has no chat template of its own: ChatML, and the build says so
+    assert "Chat template: ChatML" in result.stdout and "has no chat template" in result.stderr
     # the new tokens were added and the embeddings grown to match
     processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
     assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer)
