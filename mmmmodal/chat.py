@@ -171,14 +171,11 @@ class ChatSession:
         images, audio = conversation_media(self.messages[self._cached_messages :])
         images += [loaded for part, loaded in self.pending if part["type"] == "image"]
         audio += [loaded for part, loaded in self.pending if part["type"] == "audio"]
-        text = self._closing + after[len(before) :]
-        bos = self.processor.tokenizer.bos_token
         inputs = self.processor(
-            text=text,
+            text=self._closing + after[len(before) :],
             images=images or None,
             audio=audio or None,
-            # as `apply_chat_template(tokenize=True)`: a template that writes the bos token itself gets no second one
-            add_special_tokens=self._ids is None and not (bos and text.startswith(bos)),
+            add_special_tokens=False,  # the rendered template carries its own, as `apply_chat_template` assumes
             return_tensors="pt",
         )
         new_ids = inputs.pop("input_ids")

@@ -35,6 +35,7 @@ from .serve_request import RequestError, parse_request, sampling_defaults
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 256
+DISCONNECT_POLL_S = 0.05  # how often a non-streamed request checks that its client is still there
 API_KEY_ENV = "MMMMODAL_API_KEY"
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
                405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
@@ -52,7 +53,9 @@ def encode_request(processor, request, policy: MediaPolicy, limit: int | None, d
             else:
                 audio.append(processor._load_audio(loaded, rate, where))
         text = processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-        inputs = processor(text=text, images=images or None, audio=audio or None, return_tensors="pt")
+        # the rendered template carries its own special tokens (a bos, where the template writes one)
+        inputs = processor(text=text, images=images or None, audio=audio or None, add_special_tokens=False,
+                           return_tensors="pt")
     except ValueError as error:
         raise RequestError(str(error)[:1000], param="messages") from None
     prompt, asked = inputs["input_ids"].shape[1], request.max_tokens
@@ -208,15 +211,20 @@ class Reply:
     async def collect(self, jobs: list[Job], batcher: Batcher, request) -> dict | None:
         """The whole completion, or None if the client disconnected first (its jobs are then cancelled)."""
         texts, finished, tokens = [[] for _ in jobs], [None] * len(jobs), 0
-        events = jobs[0].events
+        events, checked = jobs[0].events, time.monotonic()
         try:
             while None in finished:
                 try:
-                    kind, index, *payload = await asyncio.wait_for(events.get(), timeout=0.1)
+                    kind, index, *payload = await asyncio.wait_for(events.get(), timeout=DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
+                    kind = None
+                # every DISCONNECT_POLL_S, whether pieces keep coming or not (they come every step while it runs)
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         batcher.cancel(jobs)
                         return None
+                if kind is None:
                     continue
                 if kind == "error":
                     raise RequestError(payload[0], status=500)

@@ -545,8 +545,10 @@ class MMMModalProcessor(ProcessorMixin):
 
     # ----------------------------------------------------------------------------------------------- chat
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
-        """`ProcessorMixin.apply_chat_template`, with three differences that hold on every supported release.
+        """`ProcessorMixin.apply_chat_template`, with four differences that hold on every supported release.
 
+        - The rendered text is tokenized without adding special tokens (the template writes its own), as the
+          tokenizer's `apply_chat_template` does.
         - Content-part keys set to `None` are dropped: rows read by `datasets` give every part every key
           (`{"type": "text", "text": "hi", "path": None}`), and `None` is not a file to load.
         - With `tokenize=True`, every image and audio part is read here first (paths, URLs, arrays, datasets'
@@ -559,6 +561,9 @@ class MMMModalProcessor(ProcessorMixin):
         if not kwargs.get("tokenize"):
             return super().apply_chat_template(conversation, chat_template, **kwargs)
         conversation = self._read_conversation_media(conversation)
+        # The rendered template carries its own special tokens, as the tokenizer's `apply_chat_template` assumes: the
+        # base class adds a bos unless the text starts with one, which a template that writes none (Zephyr's) gets.
+        kwargs["processor_kwargs"] = {"add_special_tokens": False, **(kwargs.get("processor_kwargs") or {})}
         if not (kwargs.get("return_dict") and kwargs.get("return_assistant_tokens_mask")):
             return super().apply_chat_template(conversation, chat_template, **kwargs)
         return_tensors = kwargs.pop("return_tensors", None)

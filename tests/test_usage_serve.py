@@ -343,8 +343,8 @@ def _health(client) -> dict:
 def _wait_for(predicate, client, seconds=60):
     deadline = time.time() + seconds
     while not predicate(state := _health(client)):
-        assert time.time() < deadline, state
-        time.sleep(0.1)
+        assert time.time() < deadline, json.dumps(state)
+        time.sleep(0.01)
     return state
 
 
@@ -362,13 +362,22 @@ def test_a_client_that_goes_away_cancels_its_generation(served):
     state = _wait_for(lambda s: s["cancelled"] > before["cancelled"] and s["running"] == 0, client)
     assert state["generated_tokens"] - before["generated_tokens"] < 200
 
-    # a plain (non-streamed) request whose client hangs up while it is generating
+    # a plain (non-streamed) request whose client hangs up while it is generating. Nothing arrives before the whole
+    # answer, and on a quiet machine the tiny model makes its 200 tokens within a few polls of /health: send it again
+    # until a poll sees it running, then hang up.
     port = client.base_url.port
     payload = json.dumps(body).encode()
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
-        _wait_for(lambda s: s["running"] > 0, client)
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}"
+                         f"\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                         + payload)
+            seen = _wait_for(lambda s: s["running"] > 0 or s["batches"] > state["batches"], client)
+            if seen["running"] > 0:
+                break
+        state = _wait_for(lambda s: s["running"] == 0 and s["queued"] == 0, client)  # it ran whole: again
+    else:
+        pytest.fail("no poll of /health saw the request running in 30 tries")
     after = _wait_for(lambda s: s["cancelled"] > state["cancelled"] and s["running"] == 0 and s["queued"] == 0, client)
     assert after["generated_tokens"] - state["generated_tokens"] < 200
     assert _chat(client).choices[0].message.content is not None  # and the next request is served
