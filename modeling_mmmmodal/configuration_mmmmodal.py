@@ -140,6 +140,12 @@ class MMMModalConfig(PreTrainedConfig):
             with `from_pretrained(..., training_stage=1)` or `trl sft --model_init_kwargs '{"training_stage": 1}'`.
         train_vision_tower / train_audio_tower (`bool`, *optional*, defaults to `False`):
             Whether stage 2 also trains that tower (the paper keeps both frozen).
+        train_token_ids (`list[int]`, *optional*):
+            Tokens whose embedding rows (and `lm_head` rows) train in stage 1 as well, all other rows staying frozen:
+            the turn tokens the builder adds for a language model without a chat template of its own (ChatML's
+            `<|im_start|>` / `<|im_end|>`), so that stage 1 can teach the model to end its answers. Set by
+            `from_parts`. (With a weight decay above 0 the optimizer would shrink the other rows too; the recipes
+            use none.)
 
     Example:
 
@@ -183,6 +189,7 @@ class MMMModalConfig(PreTrainedConfig):
         training_stage: int | None = None,
         train_vision_tower: bool = False,
         train_audio_tower: bool = False,
+        train_token_ids: list[int] | None = None,
         tie_word_embeddings: bool | None = None,
         **kwargs,
     ):
@@ -211,6 +218,7 @@ class MMMModalConfig(PreTrainedConfig):
         self.training_stage = training_stage
         self.train_vision_tower = train_vision_tower
         self.train_audio_tower = train_audio_tower
+        self.train_token_ids = list(train_token_ids) if train_token_ids else None
         # Like LlavaConfig: the tying flag lives in the text config for most LMs, so forward it.
         if tie_word_embeddings is None:
             tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))

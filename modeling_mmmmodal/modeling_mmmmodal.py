@@ -22,6 +22,7 @@ from .configuration_mmmmodal import (
     AUDIO_PAD_TOKEN,
     AUDIO_TOKEN,
     CACHE_KWARG,
+    CHATML_TOKENS,
     IMAGE_END_TOKEN,
     IMAGE_PAD_TOKEN,
     IMAGE_TOKEN,
@@ -426,7 +427,12 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             if projector is not None:
                 model._init_weights(projector)
                 projector.to(text_model.dtype)
-        model._add_token_rows(tokenizer, getattr(processor, "new_tokens", []), mean_resizing)
+        new_tokens = getattr(processor, "new_tokens", [])
+        model._add_token_rows(tokenizer, new_tokens, mean_resizing)
+        # Turn tokens the language model never saw (the ChatML fallback's) are in the answers' labels: stage 1 trains
+        # their rows, so that the model learns to end a turn before stage 2.
+        turn_tokens = [t for t in new_tokens if t in CHATML_TOKENS]
+        model.config.train_token_ids = tokenizer.convert_tokens_to_ids(turn_tokens) or None
         model.generation_config = text_model.generation_config
         end_of_turn = tokenizer.convert_tokens_to_ids(turn_end(tokenizer, processor.chat_template)[0])
         eos = model.generation_config.eos_token_id
@@ -537,6 +543,28 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         for name, param in self.named_parameters():
             parts = set(name.split("."))
             param.requires_grad_(stage is None or bool(parts & trainable))
+        self._train_token_rows(self.config.train_token_ids if stage == 1 else None)
+
+    def _train_token_rows(self, token_ids: list[int] | None):
+        """Make the embedding (and lm_head) rows of `token_ids` trainable, and only them: the whole matrix takes a
+        gradient whose other rows are zeroed by a hook (so every rank of a DDP / ZeRO run gives it a gradient, and
+        an optimizer without weight decay leaves the other rows exactly as they are). `None` removes the hooks."""
+        for handle in getattr(self, "_token_row_hooks", []):
+            handle.remove()
+        self._token_row_hooks = []
+        if not token_ids:
+            return
+        ids = torch.tensor(sorted(set(token_ids)))
+
+        def keep_rows(grad):
+            mask = torch.zeros(grad.shape[0], *([1] * (grad.dim() - 1)), dtype=grad.dtype, device=grad.device)
+            mask[ids.to(grad.device)] = 1
+            return grad * mask
+
+        weights = {id(w): w for w in (self.get_input_embeddings().weight, self.get_output_embeddings().weight)}
+        for weight in weights.values():  # one tensor when the embeddings are tied
+            weight.requires_grad_(True)
+            self._token_row_hooks.append(weight.register_hook(keep_rows))
 
     @can_return_tuple
     def forward(

@@ -22,7 +22,7 @@ from conftest import random_audio, random_image
 
 from tests._training_rows import mixed_rows, write_dataset
 from tests._venvs import create_venvs
-from tests.test_training_cli import changed_parts
+from tests._weights import changed_parts
 
 # The ends of the supported ranges (setup.py, README "Supported versions"), and one release below them.
 FLOOR, TRAINING_FLOOR, NEWEST, UNSUPPORTED = "5.16.1", "5.18.0", "5.24.0", "4.57.6"

@@ -1,5 +1,6 @@
 """Rows whose audio is a `datasets` `Audio` feature: datasets 5 decodes them to torchcodec `AudioDecoder`s."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from datasets import Audio, Dataset, Features, Image, List, Value
 
-from tests.test_training_cli import changed_parts
+from tests._weights import changed_parts
 from tests.test_training_distributed import run_bounded
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,4 +71,6 @@ def test_trl_sft_trains_on_audio_feature_rows(tiny_checkpoint, media_files, tmp_
          "--save_strategy", "no", "--report_to", "none", "--bf16", "false", "--use_cpu", "true"],
         300, tmp_path / "log.txt", cwd=REPO)
     assert code == 0, output[-4000:]
-    assert changed_parts(tiny_checkpoint, out) == {"audio_projector"}  # only audio rows: the image projector rests
+    token_rows = json.loads((Path(tiny_checkpoint) / "config.json").read_text())["train_token_ids"]
+    # only audio rows: the image projector rests; ChatML's new turn tokens train their rows
+    assert changed_parts(tiny_checkpoint, out, token_rows) == {"audio_projector", "token rows"}

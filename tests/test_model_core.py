@@ -221,12 +221,39 @@ def test_training_stage_freezes_the_right_parameters(tiny):
         model.set_training_stage(1)
         trainable = {n.split(".")[1] if n.startswith("model.") else n.split(".")[0]
                      for n, p in model.named_parameters() if p.requires_grad}
-        assert trainable == {"multi_modal_projector", "audio_projector"}
+        # and the rows of ChatML's turn tokens, new to the tiny LLM (it has no chat template): see the next test
+        assert trainable == {"multi_modal_projector", "audio_projector", "language_model", "lm_head"}
+        frozen_llm = {n for n, p in model.named_parameters() if not p.requires_grad and n.startswith("model.language")}
+        assert frozen_llm and not any("embed_tokens" in n for n in frozen_llm)
         model.set_training_stage(2)
         trainable = {n.split(".")[1] if n.startswith("model.") else n.split(".")[0]
                      for n, p in model.named_parameters() if p.requires_grad}
         assert trainable == {"multi_modal_projector", "audio_projector", "language_model", "lm_head"}
     finally:
+        model.set_training_stage(None)
+
+
+def test_stage1_trains_the_new_turn_token_rows_only(tiny):
+    """ChatML's turn tokens are new to an LLM without a chat template, and `<|im_end|>` is in every answer's labels:
+    stage 1 gives their embedding and lm_head rows a gradient, and no other row of those matrices."""
+    model, processor = tiny
+    ids = model.config.train_token_ids
+    assert sorted(ids) == sorted(processor.tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    batch = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+    try:
+        model.set_training_stage(1)
+        model.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            rows = set(matrix.grad.abs().sum(-1).nonzero().flatten().tolist())
+            assert rows == set(ids)
+        model.set_training_stage(2)  # stage 2: the whole matrix again
+        model.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        assert len(model.get_output_embeddings().weight.grad.abs().sum(-1).nonzero()) > len(ids)
+    finally:
+        model.zero_grad()
         model.set_training_stage(None)
 
 

