@@ -22,8 +22,8 @@ for turn in range(4):
     ids = s._ids[:, :total]
     imgs = [Image.open("/tmp/mmmmodal_usage_bench/a.png").convert("RGB")] * (turn + 1)
     pv = processor.image_processor(imgs, return_tensors="pt")["pixel_values"]
-    au = processor._audio_inputs([processor._load_audio("/tmp/mmmmodal_usage_bench/a.wav", None, "x")] * (turn + 1))[0]
-    au = {k: torch.as_tensor(v) for k, v in au.items()}
+    au = processor(text="<audio>" * (turn + 1), audio=["/tmp/mmmmodal_usage_bench/a.wav"] * (turn + 1), return_tensors="pt")
+    au = {k: au[k] for k in ("input_features", "input_features_mask")}
     t = time.perf_counter()
     with torch.inference_mode():
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, **au, max_new_tokens=16, do_sample=False)

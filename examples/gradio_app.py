@@ -11,23 +11,13 @@ Each browser session keeps its own `ChatSession`, so earlier media stay in the K
 """
 
 import argparse
-import mimetypes
 import os
 
 import gradio as gr
 
 from mmmmodal.chat import ChatSession
 from mmmmodal.loading import add_loading_arguments, load_checkpoint
-
-AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".opus", ".webm")
-
-
-def media_kind(path: str) -> str:
-    """`"image"` or `"audio"` for an uploaded file, from its type (or suffix)."""
-    guessed = mimetypes.guess_type(path)[0] or ""
-    if guessed.startswith("audio/") or path.lower().endswith(AUDIO_SUFFIXES):
-        return "audio"
-    return "image"
+from processing.markers import media_kind
 
 
 def build_demo(model, processor, max_new_tokens: int = 128) -> gr.Blocks:
@@ -40,7 +30,7 @@ def build_demo(model, processor, max_new_tokens: int = 128) -> gr.Blocks:
         question = text
         try:
             for path in files:
-                session.attach(media_kind(path), path)
+                session.attach(media_kind(path) or "image", path)  # the image reader names what it cannot read
         except ValueError as error:
             session.pending, question = [], None
             history = history + [{"role": "assistant", "content": f"⚠️ {error}"}]

@@ -20,13 +20,23 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_checkpoint(out, vision=None, audio=None, text=None, dtype=None, **config_kwargs):
-    """Build model and processor from the three sources and save a complete remote-code checkpoint to `out`."""
+def build(vision=None, audio=None, text=None, dtype=None, **config_kwargs):
+    """(model, processor) composed from the three sources (hub ids or local folders): the one builder.
+
+    `audio_kernel_size` / `audio_stride` go to the processor (which the model then takes them from), everything
+    else to `MMMModalForConditionalGeneration.from_parts` (`mean_resizing`, feature layers, other config fields).
+    """
     from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
 
     projector = {k: config_kwargs.pop(k) for k in ("audio_kernel_size", "audio_stride") if k in config_kwargs}
     processor = MMMModalProcessor.from_parts(vision, audio, text, **projector)
     model = MMMModalForConditionalGeneration.from_parts(vision, audio, text, processor=processor, dtype=dtype, **config_kwargs)
+    return model, processor
+
+
+def build_checkpoint(out, vision=None, audio=None, text=None, dtype=None, **config_kwargs):
+    """`build`, then save a complete remote-code checkpoint to `out`; returns (model, processor)."""
+    model, processor = build(vision, audio, text, dtype=dtype, **config_kwargs)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return model, processor

@@ -21,21 +21,13 @@ import torch
 from transformers import DynamicCache, TextIteratorStreamer
 from transformers.utils import logging
 
-from modeling_mmmmodal.processing_mmmmodal import turn_end
+from modeling_mmmmodal.processing_mmmmodal import media_source, turn_end
 
 from .loading import add_loading_arguments, context_limit, load_checkpoint
 
 logger = logging.get_logger(__name__)
 
 MEDIA_KINDS = ("image", "audio")
-
-
-def media_source(part: dict):
-    """The path, URL or object a standard content part points at (`path`, `url`, then the kind's own key)."""
-    for key in ("path", "url", part.get("type"), "base64"):
-        if key and part.get(key) is not None:
-            return part[key]
-    raise ValueError(f"The {part.get('type')} part {part!r} names no source: give it a `path` or a `url`.")
 
 
 def conversation_media(messages: list[dict]) -> tuple[list, list]:
@@ -45,7 +37,10 @@ def conversation_media(messages: list[dict]) -> tuple[list, list]:
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
             if part.get("type") in found:
-                found[part["type"]].append(media_source(part))
+                source = media_source(part)
+                if source is None:
+                    raise ValueError(f"The {part['type']} part {part!r} names no source: give it a `path` or a `url`.")
+                found[part["type"]].append(source)
     return found["image"], found["audio"]
 
 
@@ -111,9 +106,9 @@ class ChatSession:
             raise ValueError(f"Unknown media kind {kind!r}: expected one of {MEDIA_KINDS}.")
         where = f"attached {kind}"
         if kind == "image":
-            loaded = self.processor._load_image(source, where)
+            loaded = self.processor.load_image(source, where)
         else:
-            loaded = self.processor._load_audio(source, None, where)
+            loaded = self.processor.load_audio(source, None, where)
         if isinstance(source, str):
             part = {"type": kind, "url" if "://" in source or source.startswith("data:") else "path": source}
         else:  # an in-memory object: usable now, but `save` cannot write it out
@@ -188,11 +183,7 @@ class ChatSession:
                 f"new (text and media) + up to {self.max_new_tokens} for the answer = {total} > {limit}. "
                 "Attach fewer or shorter media, `/reset` the conversation, or lower max_new_tokens."
             )
-        media = {k: v.to(self.model.device) for k, v in inputs.items()}
-        if "pixel_values" in media:
-            media["pixel_values"] = media["pixel_values"].to(self.model.dtype)
-        if "input_features" in media:
-            media["input_features"] = media["input_features"].to(self.model.dtype)
+        media = {k: v.to(self.model.device) for k, v in inputs.items()}  # the model casts them to its towers' dtype
         return _Turn(new_ids.to(self.model.device), media)
 
     def _start_generation(self, turn: _Turn, streamer) -> dict:

@@ -171,15 +171,17 @@ def run_relationship(args) -> int:
 
 def run_combine(args) -> int:
     from processing.combine import combine
+    from processing.jsonl_io import write_jsonl
 
     rows, stats = combine(_read(args.images), _read(args.audios), args.rows, args.seed, args.p_image,
                           args.min_rows, args.max_rows)
-    _write(rows, args.out)
+    write_jsonl(args.out, rows)
     return _dump(stats)
 
 
 def run_convert(args) -> int:
     from processing.convert import convert_records, load_records
+    from processing.jsonl_io import write_jsonl
 
     rows, stats = [], {"records": 0, "rows": 0, "skipped": 0}
     for path in args.input:
@@ -188,7 +190,7 @@ def run_convert(args) -> int:
                                            not args.no_check_files, args.skip_bad_rows)
         rows += part
         stats = {k: stats[k] + part_stats[k] for k in stats}
-    _write(rows, args.out)
+    write_jsonl(args.out, rows)
     return _dump(stats)
 
 
@@ -199,13 +201,6 @@ def run_synthetic(args) -> int:
                      max_audios=args.max_audios, max_turns=args.max_turns, languages=tuple(args.languages.split(",")),
                      explain_comparisons=not args.one_word_comparisons, beep_seconds=args.beep_seconds)
     return _dump(write_synthetic(args.out, args.train, args.test, args.seed, cfg, args.alignment))
-
-
-def _write(rows, path):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _register_generation(sub, fmt):

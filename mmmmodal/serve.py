@@ -49,9 +49,9 @@ def encode_request(processor, request, policy: MediaPolicy, limit: int | None, d
         for modality, source, where in request.media:
             loaded = read_media(modality, source, policy, where, rate)
             if modality == "image":
-                images.append(processor._load_image(loaded, where))
+                images.append(processor.load_image(loaded, where))
             else:
-                audio.append(processor._load_audio(loaded, rate, where))
+                audio.append(processor.load_audio(loaded, rate, where))
         text = processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
         # the rendered template carries its own special tokens (a bos, where the template writes one)
         inputs = processor(text=text, images=images or None, audio=audio or None, add_special_tokens=False,

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from processing.collate import pad_batch
+
 from .serve_request import Sampling
 
 logger = logging.getLogger(__name__)
@@ -259,11 +261,10 @@ class Batcher:
                 self.running = 0
 
     def _generate(self, jobs: list[Job]):
-        batch = collate([job.inputs for job in jobs], self.processor.tokenizer.pad_token_id)
-        batch = {k: v.to(self.model.device) for k, v in batch.items()}
-        for key in ("pixel_values", "input_features"):
-            if key in batch:
-                batch[key] = batch[key].to(self.model.dtype)
+        rows = [{**job.inputs, "input_ids": job.inputs["input_ids"][0], "attention_mask": job.inputs["attention_mask"][0]}
+                for job in jobs]  # one (1, S) request each
+        batch = pad_batch(rows, self.processor.tokenizer.pad_token_id, padding_side="left")
+        batch = {k: v.to(self.model.device) for k, v in batch.items()}  # the model casts media to its towers' dtype
         for job in jobs:
             job.batch_size = len(jobs)
         self.batches += 1
@@ -288,18 +289,3 @@ class Batcher:
             )
 
 
-def collate(items: list[dict], pad_id: int) -> dict:
-    """Left-pad the token ids of several requests; media tensors are concatenated in request order."""
-    length = max(item["input_ids"].shape[1] for item in items)
-    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), length), dtype=torch.long)
-    for row, item in enumerate(items):
-        n = item["input_ids"].shape[1]
-        ids[row, length - n :] = item["input_ids"][0]
-        mask[row, length - n :] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    for key in ("pixel_values", "input_features", "input_features_mask"):
-        parts = [item[key] for item in items if key in item]
-        if parts:
-            batch[key] = torch.cat(parts)
-    return batch

@@ -124,17 +124,10 @@ def save_tiny_parts(out_dir, sizes: TinySizes | None = None, corpus: list[str] |
 
 def build_tiny(out_dir, sizes: TinySizes | None = None, corpus=None, vision=True, audio=True, seed=0, **config_kwargs):
     """Build a tiny MMMModal (model, processor) from freshly saved tiny parts."""
-    from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
+    from .build import build
 
     parts = save_tiny_parts(Path(out_dir) / "parts", sizes, corpus, seed)
-    vision_src = parts["vision"] if vision else None
-    audio_src = parts["audio"] if audio else None
-    projector = {k: config_kwargs.pop(k) for k in ("audio_kernel_size", "audio_stride") if k in config_kwargs}
-    processor = MMMModalProcessor.from_parts(vision_src, audio_src, parts["text"], **projector)
-    model = MMMModalForConditionalGeneration.from_parts(
-        vision_src, audio_src, parts["text"], processor=processor, **config_kwargs
-    )
-    return model, processor
+    return build(parts["vision"] if vision else None, parts["audio"] if audio else None, parts["text"], **config_kwargs)
 
 
 def build_tiny_checkpoint(out_dir, name: str = "checkpoint", sizes: TinySizes | None = None, **kwargs):

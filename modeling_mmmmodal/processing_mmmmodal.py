@@ -318,7 +318,9 @@ class MMMModalProcessor(ProcessorMixin):
         self.auto_map = {"AutoProcessor": AUTO_MAP["AutoProcessor"]}
 
     # ----------------------------------------------------------------------------------------------- media loading
-    def _load_image(self, image, where: str):
+    def load_image(self, image, where: str = "the image"):
+        """Read one image (PIL image, array, path, URL, base64 or data URI); `ValueError` naming `where` if it cannot
+        be read or is empty."""
         try:
             image = load_image(image, timeout=MEDIA_TIMEOUT_S) if isinstance(image, str) else image
             if hasattr(image, "load"):
@@ -330,7 +332,13 @@ class MMMModalProcessor(ProcessorMixin):
             raise ValueError(f"The image {_describe(image)} ({where}) is empty.")
         return image
 
-    def _load_audio(self, audio, sampling_rate: int | None, where: str) -> np.ndarray:
+    def load_audio(self, audio, sampling_rate: int | None = None, where: str = "the audio") -> np.ndarray:
+        """Read one clip as a mono float32 waveform at the feature extractor's rate (16 kHz).
+
+        `audio`: an array (at `sampling_rate`, 16 kHz if `None`), a path, URL or data URI, a `{"array",
+        "sampling_rate"}` dict or a datasets `AudioDecoder`. `ValueError` naming `where` if it cannot be read, is
+        empty, holds NaN / inf, or is longer than `max_audio_seconds`.
+        """
         target = self.feature_extractor.sampling_rate
         try:
             if hasattr(audio, "get_all_samples"):  # datasets 4+'s Audio feature: a torchcodec `AudioDecoder`
@@ -496,12 +504,12 @@ class MMMModalProcessor(ProcessorMixin):
         per_sample_images = _split_per_sample(images, [ids.count(self.image_start_token_id) for ids in batch_ids], "image")
         per_sample_audio = _split_per_sample(audio, [ids.count(self.audio_start_token_id) for ids in batch_ids], "audio")
         flat_images = [
-            self._load_image(image, f"image {k} of sample {s}")
+            self.load_image(image, f"image {k} of sample {s}")
             for s, items in enumerate(per_sample_images)
             for k, image in enumerate(items)
         ]
         flat_audio = [
-            self._load_audio(clip, sampling_rate, f"audio {k} of sample {s}")
+            self.load_audio(clip, sampling_rate, f"audio {k} of sample {s}")
             for s, items in enumerate(per_sample_audio)
             for k, clip in enumerate(items)
         ]
@@ -597,12 +605,10 @@ class MMMModalProcessor(ProcessorMixin):
         parts = []
         for p, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
-            # The keys the base class reads a source from, in its order.
-            keys = {"image": ("image", "url", "path", "base64"), "audio": ("audio", "url", "path")}.get(kind, ())
-            source = next((part[key] for key in keys if key in part), None)
+            source = media_source(part) if kind in MEDIA_SOURCE_KEYS else None
             if source is not None:
                 here = f"part {p} of {where}"
-                loaded = self._load_image(source, here) if kind == "image" else self._load_audio(source, None, here)
+                loaded = self.load_image(source, here) if kind == "image" else self.load_audio(source, None, here)
                 part = {"type": kind, kind: loaded}
             parts.append(part)
         return {**message, "content": parts}
@@ -695,6 +701,16 @@ def _describe(item) -> str:
     return f"<{type(item).__name__}>"
 
 
+# Where a standard chat content part keeps its image or audio, in the order transformers' processors read them.
+MEDIA_SOURCE_KEYS = {"image": ("image", "url", "path", "base64"), "audio": ("audio", "url", "path")}
+
+
+def media_source(part: dict):
+    """The image or audio a standard content part holds or points at (object, URL, path, base64), or `None` for a
+    bare `{"type": "image"}` part (whose image comes separately, as TRL's `images` column gives it)."""
+    return next((part[key] for key in MEDIA_SOURCE_KEYS.get(part.get("type"), ()) if part.get(key) is not None), None)
+
+
 def _holds_any(media) -> bool:
     """Whether `media` (None, one item, or lists of items, nested per sample) holds at least one item."""
     if media is None:
@@ -748,15 +764,18 @@ def _drop_none_keys(conversation):
 
 
 def _resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    """Band-limited resampling (windowed sinc through FFT); for arrays given at another rate."""
-    n_out = int(round(waveform.size * target_rate / source_rate))
-    spectrum = np.fft.rfft(waveform)
-    n_keep = min(spectrum.size, n_out // 2 + 1)
-    out_spectrum = np.zeros(n_out // 2 + 1, dtype=spectrum.dtype)
-    out_spectrum[:n_keep] = spectrum[:n_keep]
-    return (np.fft.irfft(out_spectrum, n=n_out) * (n_out / waveform.size)).astype(np.float32)
+    """soxr's high-quality resampler, as transformers' `load_audio` resamples files (soxr comes with its audio
+    backends); for arrays given at another rate."""
+    try:
+        import soxr
+    except ImportError as error:
+        raise ValueError(
+            f"Resampling audio from {source_rate} Hz to {target_rate} Hz needs `soxr` (`pip install soxr`), or give "
+            f"the clip at {target_rate} Hz."
+        ) from error
+    return soxr.resample(waveform, source_rate, target_rate, quality="soxr_hq").astype(np.float32)
 
 
 MMMModalProcessor.register_for_auto_class()
 
-__all__ = ["MMMModalProcessor"]
+__all__ = ["MMMModalProcessor", "media_source"]

@@ -23,16 +23,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from modeling_mmmmodal.processing_mmmmodal import media_source
 
 from .convert import record_to_row
 from .markers import split_markers
 
 logger = logging.getLogger(__name__)
 
-MEDIA_KEYS = {"image": ("image", "path", "url", "base64"), "audio": ("audio", "path", "url")}
 SPAN_TOKENS = ("image_token_id", "image_start_token_id", "image_end_token_id",
                "audio_token_id", "audio_start_token_id", "audio_end_token_id")
+
+
+MEDIA_INPUTS = ("pixel_values", "input_features", "input_features_mask")  # the model's media inputs, batched by rows
+
+
+def pad_batch(rows: list[dict], pad_token_id: int, padding_side: str = "right") -> dict:
+    """One batch from single-sample rows: the one padding helper for batches built outside the processor.
+
+    Each row holds 1-D `input_ids` (and optionally `attention_mask`, `labels`) and its media inputs. Sequences are
+    padded to the longest on `padding_side` (`input_ids` with `pad_token_id`, `attention_mask` with 0, `labels` with
+    -100; a row without an attention mask attends to all its ids); media tensors are concatenated in row order.
+    """
+    rows = [{"attention_mask": torch.ones_like(row["input_ids"]), **row} for row in rows]
+    fill = {"input_ids": pad_token_id, "attention_mask": 0, "labels": -100}
+    batch = {key: pad_sequence([row[key] for row in rows], batch_first=True, padding_value=value,
+                               padding_side=padding_side) for key, value in fill.items() if key in rows[0]}
+    for key in MEDIA_INPUTS:
+        parts = [row[key] for row in rows if key in row]
+        if parts:
+            batch[key] = torch.cat(parts)
+    return batch
 
 
 def describe_row(row: dict, index: int | None = None) -> str:
@@ -98,7 +121,7 @@ def _from_messages(row: dict, base_dir, check_files: bool) -> dict:
         for part in message["content"]:
             kind = part.get("type")
             if kind in ("image", "audio"):
-                payload = next((part[k] for k in MEDIA_KEYS[kind] if k in part), None)
+                payload = media_source(part)
                 if kind == "image":
                     if payload is None:
                         if bare >= len(given):

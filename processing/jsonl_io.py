@@ -1,4 +1,4 @@
-"""JSONL reading and resumable appending, shared by the generation pipelines.
+"""JSONL reading, writing and resumable appending: the one place the project reads and writes JSONL.
 
 A pipeline run appends one JSON line per finished row, keyed by a stable `id`, and flushes after
 each line. A rerun reads the ids already in the output and skips them, so a crash loses at most
@@ -36,6 +36,16 @@ def read_jsonl(path) -> list:
                 raise ValueError(f"{path}:{number}: expected one JSON object per line, found invalid JSON "
                                  f"({error}). Fix: repair or remove that line.") from error
     return rows
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> Path:
+    """Write `rows` as a new JSONL file (folders made as needed); UTF-8, one object per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
 
 
 def stable_id(*parts) -> str:

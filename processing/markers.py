@@ -1,10 +1,11 @@
 """`<image>` / `<audio>` text markers of the paper's records, and media kinds of files.
 
-A literal `<image></image>` (or `<audio></audio>`) pair counts as one marker (notes/CONTRACTS.md).
+A literal `<image></image>` (or `<audio></audio>`) pair counts as one marker.
 A file's kind comes from its extension; a record may override it with a `filename_type` list
 ("image" / "audio", one per filename), for files without a telling extension.
 """
 
+import mimetypes
 import re
 from pathlib import Path
 
@@ -14,13 +15,14 @@ AUDIO_EXTENSIONS = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".
 
 
 def media_kind(path: str) -> str | None:
-    """"image", "audio", or None when the extension tells neither."""
+    """"image", "audio", or None when neither the extension nor its MIME type tells."""
     suffix = Path(str(path)).suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return "image"
     if suffix in AUDIO_EXTENSIONS:
         return "audio"
-    return None
+    guessed = mimetypes.guess_type(str(path))[0] or ""
+    return guessed.split("/")[0] if guessed.startswith(("image/", "audio/")) else None
 
 
 def split_markers(text: str) -> list:

@@ -19,7 +19,7 @@ INSTRUCTIONS = {
     "audio-audio": ("audio", "audio", "What is related between audio 1 and audio 2?"),
     "audio-image": ("audio", "image", "What is related between audio 1 and picture 1?"),
 }
-LABELS = {"image": "Picture {n} (description)", "audio": "Audio {n} (transcript)"}
+CONTEXT_LABELS = {"image": "Picture {n} (description)", "audio": "Audio {n} (transcript)"}
 
 
 def media_item(row: dict, index: int) -> dict:
@@ -62,7 +62,7 @@ def sample_pairs(images: list, audios: list, kinds: list, n_per_kind: int, seed:
 def relation_prompt(pair: dict) -> list:
     first, second, question = INSTRUCTIONS[pair["kind"]]
     numbers = [1, 2] if first == second else [1, 1]
-    lines = [f"{LABELS[k].format(n=n)}: {item['text']}" for k, n, item in zip((first, second), numbers, pair["items"])]
+    lines = [f"{CONTEXT_LABELS[k].format(n=n)}: {item['text']}" for k, n, item in zip((first, second), numbers, pair["items"])]
     return [{"role": "system", "content": "You are a helpful assistant that perceives the user's media directly. "
                                           "Answer without mentioning descriptions or transcripts."},
             {"role": "user", "content": "\n".join(lines) + f"\n\n{question}"}]

@@ -24,6 +24,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from .jsonl_io import write_jsonl
 from .synthetic_media import (GRID_CELLS, SAMPLING_RATE, AudioSpec, ImageSpec, describe_audio, describe_image,
                               draw_image, sample_audio_spec, sample_image_spec, synth_audio)
 from .synthetic_questions import DEFAULT_WEIGHTS, QUESTION_TYPES, reference_answer
@@ -214,12 +215,6 @@ def alignment_row(rng: random.Random, row_id: str, media_dir, cfg: TaskConfig) -
             "images": image_paths, "language": language}
 
 
-def _write_jsonl(rows, path: Path):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def _write_dataset_card(out_dir: Path, with_alignment: bool) -> None:
     """A README.md whose `configs` metadata lets `load_dataset(out_dir)` (and `trl sft --dataset_name out_dir`)
     read the JSONL splits instead of guessing an image/audio folder dataset from `media/`."""
@@ -247,13 +242,13 @@ def write_synthetic(out_dir, n_train: int, n_test: int, seed: int = 0, cfg: Task
         specs = sample_split(n, split_seed, split, cfg)
         rows = [render_row(spec, f"synthetic-{split}-{seed}-{i:06d}", out_dir / "media" / split, cfg)
                 for i, spec in enumerate(tqdm(specs, desc=f"synthetic {split}", unit="row"))]
-        _write_jsonl(rows, out_dir / f"{split}.jsonl")
+        write_jsonl(out_dir / f"{split}.jsonl", rows)
         written[split] = str(out_dir / f"{split}.jsonl")
     if n_alignment:
         rng = random.Random(seed + 2)
         rows = [alignment_row(rng, f"synthetic-align-{seed}-{i:06d}", out_dir / "media" / "alignment", cfg)
                 for i in tqdm(range(n_alignment), desc="synthetic alignment", unit="row")]
-        _write_jsonl(rows, out_dir / "alignment.jsonl")
+        write_jsonl(out_dir / "alignment.jsonl", rows)
         written["alignment"] = str(out_dir / "alignment.jsonl")
     _write_dataset_card(out_dir, n_alignment > 0)
     logger.info("Synthetic task written to %s: %s", out_dir, written)

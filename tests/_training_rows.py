@@ -1,7 +1,8 @@
 """Small training rows with images and audio, for the training tests (TRL's vision form, absolute paths)."""
 
-import json
 from pathlib import Path
+
+from processing.jsonl_io import write_jsonl
 
 
 def image_row(image: str, answer: str = "A red circle.", row_id=None) -> dict:
@@ -37,9 +38,4 @@ def mixed_rows(media: dict, n: int = 8) -> list:
 
 def write_dataset(folder, rows: list) -> Path:
     """A local dataset folder (`train.jsonl`) that `load_dataset(folder)` and `trl sft --dataset_name` read."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "train.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return folder
+    return write_jsonl(Path(folder) / "train.jsonl", rows).parent

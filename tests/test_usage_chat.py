@@ -58,8 +58,8 @@ def recompute(model, session, images, audio):
     if images:
         inputs["pixel_values"] = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     if audio:
-        inputs.update(processor._audio_inputs([processor._load_audio(a, None, "test") for a in audio])[0])
-        inputs = {k: torch.as_tensor(v) for k, v in inputs.items()}
+        clips = processor(text="<audio>" * len(audio), audio=list(audio), return_tensors="pt")
+        inputs.update({k: clips[k] for k in ("input_features", "input_features_mask")})
     out = model.generate(
         input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=session.max_new_tokens, do_sample=False, **inputs
     )

@@ -201,18 +201,20 @@ def test_bad_requests_get_400_with_a_reason_and_the_server_goes_on(served, media
     assert ok.choices[0].message.content is not None
 
 
-def test_collate_left_pads_and_keeps_media_order():
-    from mmmmodal.serve_batch import collate
+def test_requests_are_left_padded_with_media_in_order():
+    from processing.collate import pad_batch
 
-    items = [
-        {"input_ids": torch.tensor([[5, 6, 7]]), "pixel_values": torch.zeros(1, 3, 4, 4)},
-        {"input_ids": torch.tensor([[8]])},
-        {"input_ids": torch.tensor([[9, 10]]), "pixel_values": torch.ones(2, 3, 4, 4)},
+    rows = [
+        {"input_ids": torch.tensor([5, 6, 7]), "pixel_values": torch.zeros(1, 3, 4, 4)},
+        {"input_ids": torch.tensor([8])},
+        {"input_ids": torch.tensor([9, 10]), "pixel_values": torch.ones(2, 3, 4, 4)},
     ]
-    batch = collate(items, pad_id=0)
+    batch = pad_batch(rows, pad_token_id=0, padding_side="left")
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [0.0, 1.0, 1.0]
+    right = pad_batch([{**row, "labels": row["input_ids"]} for row in rows], pad_token_id=0)
+    assert right["labels"].tolist() == [[5, 6, 7], [8, -100, -100], [9, 10, -100]]
 
 
 # ------------------------------------------------------------------------------------------------ protocol
