@@ -17,7 +17,7 @@ import torch
 
 from .common import CLOCK, format_table
 
-BENCHMARKS = ("merge", "generation", "audio", "processor", "training")
+BENCHMARKS = ("merge", "generation", "audio", "processor", "training", "demo_loss")
 
 
 def machine() -> str:

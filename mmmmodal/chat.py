@@ -102,9 +102,12 @@ class ChatSession:
 
         The media is read now, so a bad file is refused at once with a `ValueError` and nothing is attached.
         """
+        self.pending.append(self._read_media(kind, source, f"attached {kind}"))
+
+    def _read_media(self, kind: str, source, where: str) -> tuple[dict, object]:
+        """(content part, loaded image or waveform) for one image or clip; `ValueError` if it cannot be read."""
         if kind not in MEDIA_KINDS:
             raise ValueError(f"Unknown media kind {kind!r}: expected one of {MEDIA_KINDS}.")
-        where = f"attached {kind}"
         if kind == "image":
             loaded = self.processor.load_image(source, where)
         else:
@@ -113,7 +116,25 @@ class ChatSession:
             part = {"type": kind, "url" if "://" in source or source.startswith("data:") else "path": source}
         else:  # an in-memory object: usable now, but `save` cannot write it out
             part = {"type": kind}
-        self.pending.append((part, loaded))
+        return part, loaded
+
+    def _read_parts(self, text) -> list[tuple[dict, object]]:
+        """(content part, loaded media or None) for each part of a user turn given as text or as content parts."""
+        if isinstance(text, str):
+            return [({"type": "text", "text": text}, None)]
+        parts = []
+        for number, part in enumerate(text, 1):
+            kind = part.get("type")
+            if kind == "text":
+                parts.append(({"type": "text", "text": part["text"]}, None))
+            elif kind in MEDIA_KINDS:
+                source = media_source(part)
+                if source is None:
+                    raise ValueError(f"The {kind} part {part!r} names no source: give it a `path` or a `url`.")
+                parts.append(self._read_media(kind, source, f"{kind} part {number} of the turn"))
+            else:
+                raise ValueError(f"Content part {number} has type {kind!r}: expected text, image or audio.")
+        return parts
 
     def save(self, path):
         """Write the conversation as JSON in the standard messages format."""
@@ -135,18 +156,21 @@ class ChatSession:
         return 0 if self._cache is None else self._cache.get_seq_length()
 
     # ------------------------------------------------------------------------------------------------ turns
-    def ask(self, text: str) -> str:
+    def ask(self, text) -> str:
         """Send a user turn (with the attached media) and return the whole answer."""
         return "".join(self.stream(text))
 
-    def stream(self, text: str):
+    def stream(self, text):
         """Send a user turn (with the attached media) and yield the answer piece by piece as it is generated.
 
+        `text`: the user's words, or the turn as content parts in their order (`{"type": "text", ...}` parts and
+        image / audio parts that carry their source as a `path`, a `url` or the object), after the attached media.
         Raises `ValueError` (before anything is generated, leaving the session as it was) for unreadable media,
         or a conversation that no longer fits the model's context.
         """
-        user = {"role": "user", "content": [part for part, _ in self.pending] + [{"type": "text", "text": text}]}
-        turn = self._encode_turn(user)
+        new = self.pending + self._read_parts(text)
+        user = {"role": "user", "content": [part for part, _ in new]}
+        turn = self._encode_turn(user, new)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result = self._start_generation(turn, streamer)
         yield from streamer
@@ -155,8 +179,9 @@ class ChatSession:
             raise result["error"]
         self._finish_turn(user, result)
 
-    def _encode_turn(self, user: dict) -> _Turn:
-        """Tokenize what the cache does not hold yet (earlier messages after a `load`, then the new user turn)."""
+    def _encode_turn(self, user: dict, new_media: list) -> _Turn:
+        """Tokenize what the cache does not hold yet (earlier messages after a `load`, then the new user turn, whose
+        (part, loaded media) pairs are `new_media`)."""
         template = self.processor.apply_chat_template
         new_messages = self.messages[self._cached_messages :] + [user]
         before = template(self.messages[: self._cached_messages], tokenize=False) if self._cached_messages else ""
@@ -164,8 +189,8 @@ class ChatSession:
         if not after.startswith(before):
             raise ValueError("The chat template does not render a conversation as a prefix of its continuation.")
         images, audio = conversation_media(self.messages[self._cached_messages :])
-        images += [loaded for part, loaded in self.pending if part["type"] == "image"]
-        audio += [loaded for part, loaded in self.pending if part["type"] == "audio"]
+        images += [loaded for part, loaded in new_media if part["type"] == "image"]
+        audio += [loaded for part, loaded in new_media if part["type"] == "audio"]
         inputs = self.processor(
             text=self._closing + after[len(before) :],
             images=images or None,

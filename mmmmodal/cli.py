@@ -9,9 +9,12 @@ level is asked.
 """
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import sys
+import types
+import typing
 
 COMMANDS = {
     "build": "mmmmodal.build",
@@ -71,6 +74,58 @@ def setup_logging(level_name: str):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity(level)
+
+
+def add_dataclass_arguments(parser, cls, group: str | None = None):
+    """One flag per field of the dataclass `cls` that a command line can write (int, float, str, bool, a tuple of
+    str; optional ones too); other fields keep their defaults.
+
+    The flag is `--field-name` (or `metadata["flag"]`), its help `metadata["help"]`; a field without a default is
+    required. A bool flag takes no value and sets the opposite of the field's default; a tuple is written
+    comma-separated (`--languages en,ms`). Read the parsed values back with `dataclass_from_args`.
+    """
+    target = parser.add_argument_group(group) if group else parser
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _flag_type(hints[f.name])
+        if kind is None:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        kwargs = {"dest": f.name, "help": f.metadata.get("help")}
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        else:
+            kwargs["required"] = True
+        if kind is bool:
+            kwargs["action"] = "store_false" if kwargs.get("default") else "store_true"
+        elif kind is tuple:
+            kwargs["type"], kwargs["metavar"] = _comma_separated, "A,B"
+            kwargs["default"] = ",".join(kwargs.get("default") or ())  # argparse converts a str default with `type`
+        else:
+            kwargs["type"] = kind
+        target.add_argument(flag, **kwargs)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
+    """An instance of `cls` from the flags `add_dataclass_arguments` added, plus `overrides`."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init and hasattr(args, f.name)}
+    return cls(**{**given, **overrides})
+
+
+def _flag_type(hint):
+    """int / float / str / bool / tuple for a field a flag can set (`X | None` reads as X); None otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = kinds[0] if len(kinds) == 1 else None
+    if typing.get_origin(hint) is tuple and all(a in (str, Ellipsis) for a in typing.get_args(hint)):
+        return tuple
+    return hint if hint in (int, float, str, bool) else None
+
+
+def _comma_separated(text: str) -> tuple:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ Sub-commands (each with --help):
   visual-qa           image + caption -> multi-turn chats (+ Malay)
   relationship        "What is related between picture 1 and audio 1?" rows
   combine             concatenate 2-4 single-media records into multi-media ones
-  convert             paper records -> training rows (notes/CONTRACTS.md)
+  convert             paper records -> training rows (TRL's vision form: messages + images)
 Generation runs append to --out and skip ids already there: rerun the same command to resume.
 A row that fails after its retries goes to OUT.failed.jsonl with its error, and the run goes on; the exit status
 is then 1, and a rerun of the same command retries the failed and the missing rows only.
@@ -16,6 +16,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+from processing.synthetic_task import TaskConfig
+
+from .cli import add_dataclass_arguments, dataclass_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +38,10 @@ EPILOG = """examples:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except empty ones (None / False)."""
+    """Shows defaults, except empty ones (None / False) and those of flags that take no value."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False):
+        if action.default in (None, False) or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 
@@ -195,11 +199,12 @@ def run_convert(args) -> int:
 
 
 def run_synthetic(args) -> int:
-    from processing.synthetic_task import TaskConfig, write_synthetic
+    from processing.synthetic_task import write_synthetic
 
-    cfg = TaskConfig(image_size=args.image_size, clip_seconds=args.clip_seconds, max_images=args.max_images,
-                     max_audios=args.max_audios, max_turns=args.max_turns, languages=tuple(args.languages.split(",")),
-                     explain_comparisons=not args.one_word_comparisons, beep_seconds=args.beep_seconds)
+    try:
+        cfg = dataclass_from_args(TaskConfig, args)
+    except ValueError as error:
+        raise SystemExit(f"mmmmodal data synthetic: {error}") from error
     return _dump(write_synthetic(args.out, args.train, args.test, args.seed, cfg, args.alignment))
 
 
@@ -272,16 +277,7 @@ def _register_offline(sub, fmt):
     p.add_argument("--test", type=int, default=200)
     p.add_argument("--alignment", type=int, default=0, help="stage-1 caption/description rows")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--clip-seconds", type=float, default=1.5)
-    p.add_argument("--beep-seconds", type=float, default=0.15,
-                   help="length of each beep and of each gap (four beeps need 7x this plus a 0.2 s onset)")
-    p.add_argument("--max-images", type=int, default=3)
-    p.add_argument("--max-audios", type=int, default=3)
-    p.add_argument("--max-turns", type=int, default=4)
-    p.add_argument("--languages", default="en,ms")
-    p.add_argument("--one-word-comparisons", action="store_true",
-                   help='answer comparisons with the verdict alone ("yes") instead of "3, 2: yes"')
+    add_dataclass_arguments(p, TaskConfig, "task (processing.synthetic_task.TaskConfig)")
     p.set_defaults(func=run_synthetic)
 
 

@@ -1,6 +1,6 @@
 """Training rows in, padded batches out.
 
-A row comes in one of three forms, and `to_training_row` turns each into the one form of notes/CONTRACTS.md
+A row comes in one of three forms, and `to_training_row` turns each into the one training form
 (TRL's vision form: `messages` with bare `{"type": "image"}` parts, audio parts carrying a `path`, plus an
 `images` column, `[]` when the row has none):
 

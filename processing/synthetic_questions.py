@@ -6,16 +6,9 @@ question's language, or a digit for counts. A comparison's *verdict* is yes/no (
 "which has more" picture/audio/same ("gambar"/"audio"/"sama"); its reference answer, by default, first
 names the compared attribute of each item and then gives the verdict: "3, 2: yes", "merah, biru: tidak"
 (`reference_answer`, `explained_answer`). That is the paper's relationship data in checkable form (its
-answers say what each item is before relating them), and it is what a small model can learn: on the
-demo's tiny LM with the two pictures given as captions (notes/scripts/text_only_probe.py, notes/demo.md
-round 4), the one-word "more shapes?" verdict is right 0.71 of the time after 3,000 steps (always "no":
-0.62), while the explained answer is exact, every token, on all 600 held-out questions from step 1,250.
-Rows also carry the one-word verdicts (`verdicts`); `TaskConfig(explain_comparisons=False)` gives
-one-word answers.
-
-Under a byte-level BPE tokenizer the second value is another token than the first ("Ġmerah" vs "merah").
-Joining them with a bare comma ("merah,merah") makes them one token, but in the two demo runs measured
-with it the verdicts came out worse, not better (notes/demo.md, round 5), so the answers keep ", ".
+answers say what each item is before relating them), and each step of it is one a small language model
+can learn: fetch one value, fetch the other, compare the two tokens it has just written. Rows also carry
+the one-word verdicts (`verdicts`); `TaskConfig(explain_comparisons=False)` gives one-word answers.
 """
 
 from dataclasses import dataclass
@@ -33,7 +26,6 @@ class QuestionType:
     answer: Callable  # (specs, language) -> str: the one-word answer (a comparison's verdict)
     space: Callable  # language -> list of possible one-word answers
     compared: str | None = None  # comparisons: the attribute compared ("colour", "count", "pitch")
-    asks_same: bool = False  # comparisons: the verdict is yes exactly when the two compared values are equal
 
 
 YES_NO = {"en": ["yes", "no"], "ms": ["ya", "tidak"]}
@@ -97,7 +89,7 @@ QUESTION_TYPES = {q.name: q for q in [
     QuestionType("image_image_colour", ("image", "image"), True,
                  {"en": "Are picture {a} and picture {b} the same colour?",
                   "ms": "Adakah gambar {a} dan gambar {b} sama warna?"},
-                 lambda s, lang: _yes_no(s[0].colour == s[1].colour, lang), lambda lang: YES_NO[lang], "colour", True),
+                 lambda s, lang: _yes_no(s[0].colour == s[1].colour, lang), lambda lang: YES_NO[lang], "colour"),
     QuestionType("image_image_more", ("image", "image"), True,
                  {"en": "Does picture {a} have more shapes than picture {b}?",
                   "ms": "Adakah gambar {a} ada lebih banyak bentuk daripada gambar {b}?"},
@@ -105,7 +97,7 @@ QUESTION_TYPES = {q.name: q for q in [
     QuestionType("audio_audio_pitch", ("audio", "audio"), True,
                  {"en": "Do audio {a} and audio {b} have the same pitch?",
                   "ms": "Adakah audio {a} dan audio {b} sama nada?"},
-                 lambda s, lang: _yes_no(s[0].pitch == s[1].pitch, lang), lambda lang: YES_NO[lang], "pitch", True),
+                 lambda s, lang: _yes_no(s[0].pitch == s[1].pitch, lang), lambda lang: YES_NO[lang], "pitch"),
     QuestionType("audio_audio_more", ("audio", "audio"), True,
                  {"en": "Does audio {a} have more beeps than audio {b}?",
                   "ms": "Adakah audio {a} ada lebih banyak bip daripada audio {b}?"},
@@ -113,7 +105,7 @@ QUESTION_TYPES = {q.name: q for q in [
     QuestionType("image_audio_same_count", ("image", "audio"), True,
                  {"en": "Does picture {a} have as many shapes as audio {b} has beeps?",
                   "ms": "Adakah bilangan bentuk dalam gambar {a} sama dengan bilangan bip dalam audio {b}?"},
-                 lambda s, lang: _yes_no(s[0].count == s[1].count, lang), lambda lang: YES_NO[lang], "count", True),
+                 lambda s, lang: _yes_no(s[0].count == s[1].count, lang), lambda lang: YES_NO[lang], "count"),
     QuestionType("image_audio_more", ("image", "audio"), True,
                  {"en": "Which has more: the shapes in picture {a} or the beeps in audio {b}? "
                         "Answer picture, audio or same.",

@@ -1,9 +1,10 @@
 """The built-in, checkable multimodal task: bilingual multi-turn chats about shapes and beeps.
 
 A conversation is first sampled as a plain spec (media attributes, which turn shows which media,
-one question per turn), then rendered: media files are written and the row is built in the
-training-row form of notes/CONTRACTS.md, plus `qtypes` / `answers` / `verdicts` (a
-comparison's one-word verdict inside its explained answer) per assistant turn for scoring.
+one question per turn), then rendered: media files are written and the row is built in TRL's vision
+form (`messages` + `images`, what `processing.collate.to_training_row` gives), plus `qtypes` /
+`answers` / `verdicts` (a comparison's one-word verdict inside its explained answer) per assistant
+turn for scoring.
 
 Train/test: rows come from a seeded stream (`seed` for train, `seed + 1` for test by default), and
 a conversation whose attribute-level signature (media attributes, media order, questions,
@@ -18,16 +19,16 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
 from tqdm.auto import tqdm
 
 from .jsonl_io import write_jsonl
-from .synthetic_media import (GRID_CELLS, SAMPLING_RATE, AudioSpec, ImageSpec, describe_audio, describe_image,
+from .synthetic_media import (SAMPLING_RATE, AudioSpec, ImageSpec, describe_audio, describe_image,
                               draw_image, sample_audio_spec, sample_image_spec, synth_audio)
-from .synthetic_questions import DEFAULT_WEIGHTS, QUESTION_TYPES, reference_answer
+from .synthetic_questions import DEFAULT_WEIGHTS, QUESTION_TYPES, YES_NO, reference_answer
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -35,22 +36,27 @@ SPLITS = ("train", "test")
 
 @dataclass
 class TaskConfig:
-    image_size: int = 64
-    clip_seconds: float = 1.5
-    max_images: int = 3
-    max_audios: int = 3
-    max_turns: int = 4
-    languages: tuple = ("en", "ms")
-    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    explain_comparisons: bool = True  # "3, 2: yes" rather than "yes" (synthetic_questions.reference_answer)
-    # Share of "same ...?" comparisons (`QuestionType.asks_same`) whose second item is given the first item's
-    # compared attribute (`balance_pair`). Media are drawn independently, so "same colour?" is "no" 5 times in 6;
-    # a training stream can raise the share of equal pairs so that "yes" is not a rare answer. 0 (the default,
-    # and the held-out split) draws nothing extra.
-    equal_pairs: float = 0.0
-    # Length of each beep and of each gap between two beeps: four beeps take 7 x this, plus an onset of up to 0.2 s,
-    # within `clip_seconds` (0.1 fits 1 s clips).
-    beep_seconds: float = 0.15
+    """How the task's conversations are drawn and rendered (`mmmmodal data synthetic` takes each field as a flag)."""
+
+    image_size: int = field(default=64, metadata={"help": "side of the square pictures, px (even, >= 16)"})
+    clip_seconds: float = field(default=1.5, metadata={"help": "length of every audio clip, s"})
+    max_images: int = field(default=3, metadata={"help": "most pictures in one conversation"})
+    max_audios: int = field(default=3, metadata={"help": "most audio clips in one conversation"})
+    max_turns: int = field(default=4, metadata={"help": "most user/assistant turns in one conversation"})
+    languages: tuple[str, ...] = field(default=("en", "ms"), metadata={"help": "languages drawn from, en and/or ms"})
+    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # question type -> relative weight
+    explain_comparisons: bool = field(default=True, metadata={
+        "flag": "--one-word-comparisons",
+        "help": 'answer comparisons with the verdict alone ("yes") instead of "3, 2: yes"'})
+    # Four beeps take 7 x this, plus an onset of up to 0.2 s, within `clip_seconds` (0.1 fits 1 s clips).
+    beep_seconds: float = field(default=0.15, metadata={
+        "help": "length of each beep and of each gap (four beeps need 7x this plus a 0.2 s onset)"})
+
+    def __post_init__(self):
+        self.languages = tuple(self.languages)
+        unknown = [language for language in self.languages if language not in YES_NO]
+        if unknown or not self.languages:
+            raise ValueError(f"Task languages: expected some of {sorted(YES_NO)}, found {list(self.languages)}.")
 
 
 def _intro_turns(rng, n_media: int, n_turns: int) -> list:
@@ -76,21 +82,6 @@ def _pick_question(rng, shown: dict, new: list, weights: dict):
             return qtype.name, refs
 
 
-def balance_pair(rng: random.Random, spec: dict, qtype: str, refs: list) -> None:
-    """Give the second item a comparison refers to the first item's compared attribute (colour, pitch or count;
-    an image's shapes are re-placed for a new count), in place."""
-    question = QUESTION_TYPES[qtype]
-    (kind_a, kind_b), (a, b) = question.refs, refs
-    first, second = spec[kind_a + "s"][a], spec[kind_b + "s"][b]
-    if question.compared == "count":
-        changes = {"count": first.count}
-        if kind_b == "image":
-            changes["cells"] = tuple(sorted(rng.sample(range(len(GRID_CELLS)), first.count)))
-    else:
-        changes = {question.compared: getattr(first, question.compared)}
-    spec[kind_b + "s"][b] = replace(second, **changes)
-
-
 def sample_conversation(rng: random.Random, cfg: TaskConfig) -> dict:
     """A conversation spec: media attributes, order of appearance, and one question per turn."""
     n_images, n_audios = 0, 0
@@ -112,8 +103,6 @@ def sample_conversation(rng: random.Random, cfg: TaskConfig) -> dict:
                 shown[kind].append(counters[kind])
                 counters[kind] += 1
         qtype, refs = _pick_question(rng, shown, new, cfg.weights)
-        if cfg.equal_pairs and QUESTION_TYPES[qtype].asks_same and rng.random() < cfg.equal_pairs:
-            balance_pair(rng, spec, qtype, refs)
         spec["turns"].append({"new": new, "qtype": qtype, "refs": refs})
     return spec
 
@@ -255,5 +244,5 @@ def write_synthetic(out_dir, n_train: int, n_test: int, seed: int = 0, cfg: Task
     return written
 
 
-__all__ = ["TaskConfig", "sample_conversation", "balance_pair", "iter_split", "sample_split", "render_row",
+__all__ = ["TaskConfig", "sample_conversation", "iter_split", "sample_split", "render_row",
            "alignment_row", "write_synthetic", "signature", "split_of", "ImageSpec", "AudioSpec"]

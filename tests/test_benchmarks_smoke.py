@@ -2,7 +2,7 @@
 
 import torch
 
-from benchmarks import audio, generation, merge, processor
+from benchmarks import audio, demo_loss, generation, merge, processor
 from benchmarks.common import SIZES, Row, format_table
 
 
@@ -42,6 +42,13 @@ def test_processor_rows_run(monkeypatch):
     monkeypatch.setattr(processor, "SIZE", processor.Size("p", hidden=32, layers=1, heads=2, audio_window_s=3))
     rows = processor.run(n_rows=16)
     assert {r.case.split(",")[0] for r in rows} >= {"processor", "tokenizer"}
+
+
+def test_demo_loss_rows_run_and_both_losses_agree():
+    row, = demo_loss.run(batch_size=4, n_batches=2, repeats=1)
+    assert row.ratio > 0 and "of positions labelled" in row.value
+    ours, trl = row.extra["loss"].values()
+    assert abs(ours - trl) < 1e-4 * abs(trl)  # the same loss, whichever way it is computed
 
 
 def test_table_formats():

@@ -79,7 +79,7 @@ def test_conversation_has_two_images_two_clips_and_several_turns(demo_out):
 def test_every_clip_of_the_task_fills_exactly_one_whisper_window(demo_out):
     """The demo sizes the tiny Whisper's window to the task's clips: no clip is split, none padded with silence
     that the frozen audio tower would still have to encode."""
-    from mmmmodal.demo_data import task_config
+    from mmmmodal.demo.data import task_config
 
     extractor = json.loads((demo_out / "checkpoint" / "processor_config.json").read_text())["feature_extractor"]
     assert extractor["n_samples"] == round(task_config().clip_seconds * extractor["sampling_rate"])
@@ -105,17 +105,3 @@ def test_checkpoint_reloads_with_remote_code(demo_out):
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
-
-
-def test_length_batches_cover_every_row_once_with_similar_lengths_in_random_order():
-    from mmmmodal.demo_collate import ShuffledLengthBatches
-
-    lengths = [(i * 37) % 200 + 20 for i in range(1000)]
-    sampler = ShuffledLengthBatches(lengths, batch_size=32, group=8, seed=0)
-    first, second = list(sampler), list(sampler)
-    assert sorted(first) == list(range(1000)) and sorted(second) == list(range(1000)) and first != second
-    batches = [first[i : i + 32] for i in range(0, 992, 32)]
-    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
-    assert max(spread) < 60  # a random batch spans ~180
-    means = [sum(lengths[i] for i in b) / 32 for b in batches]
-    assert means != sorted(means) and means != sorted(means, reverse=True)  # no long-to-short drift

@@ -1,5 +1,5 @@
 """The demo's stage-2 training stream: fresh rows of the train split only, media in memory, length-grouped
-batches, an easy-first curriculum, a share of captions all along, and a share of conversations as text only."""
+batches, an easy-first curriculum and a share of captions all along; and the demo's tokenizer."""
 
 import itertools
 
@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmmmodal.demo_data import approximate_length, label_media, stream_dataset, stream_rows, task_config
+from mmmmodal.demo.data import approximate_length, label_media, task_config, tokenizer_corpus
+from mmmmodal.demo.settings import DemoSettings
+from mmmmodal.demo.stream import stream_dataset, stream_rows
+from mmmmodal.tiny import train_tokenizer
 from processing.synthetic_questions import QUESTION_TYPES
 from processing.synthetic_task import render_row, sample_split
 
@@ -111,29 +114,15 @@ def test_caption_share_keeps_captions_after_the_curriculum():
     assert all(len(r["messages"]) == 2 and len(_media_parts(r)) == 1 for r in captions)
 
 
-def test_stream_dataset_feeds_trl_columns():
-    first = next(iter(stream_dataset(0, BATCH)))
-    assert set(first) == {"messages", "images", "verdict_only"}  # the flag is for the demo's collator
-
-
-def test_stream_dataset_passes_every_share_on():
+def test_stream_dataset_feeds_trl_columns_and_passes_its_settings_on():
     media = lambda row: [p for m in row["messages"] for p in m["content"] if p.get("type") in ("image", "audio")]
-    rows = list(itertools.islice(stream_dataset(0, BATCH, text_share=1.0), 64))
-    assert rows and not any(media(r) or r["images"] for r in rows)  # every conversation as text
+    first = next(iter(stream_dataset(0, BATCH)))
+    assert set(first) == {"messages", "images"}
     rows = list(itertools.islice(stream_dataset(0, BATCH, caption_share=1.0), 64))
     assert all(len(r["messages"]) == 2 and len(media(r)) == 1 for r in rows)  # every row a caption
-    assert any(media(r) for r in itertools.islice(stream_dataset(0, BATCH), 64))
-    same = lambda a: a.split(": ")[0].split(", ")  # "red, red: yes" -> the two compared values
-    pairs = [same(a) for r in _take(400, seed=0, batch_size=BATCH, equal_pairs=1.0)
-             for q, a in zip(r.get("qtypes", []), r.get("answers", [])) if QUESTION_TYPES[q].asks_same]
-    assert pairs and sum(a == b for a, b in pairs) / len(pairs) > 0.8  # every pair made equal (later turns may
-    # re-draw an item an earlier turn compared)
-    verdicts = [r["verdict_only"] for r in itertools.islice(stream_dataset(0, BATCH, verdict_share=0.5), 64)]
-    assert 16 < sum(verdicts) < 48  # verdict practice rows, flagged for the collator
-    assert not any(r["verdict_only"] for r in itertools.islice(stream_dataset(0, BATCH), 64))
     said = lambda row: [p["text"] for m in row["messages"] if m["role"] == "assistant" for p in m["content"]]
-    from_dataset = [said(r) for r in itertools.islice(stream_dataset(0, BATCH, equal_pairs=1.0), 400)]
-    assert from_dataset == [said(r) for r in _take(400, seed=0, batch_size=BATCH, equal_pairs=1.0)]
+    from_dataset = [said(r) for r in itertools.islice(stream_dataset(1, BATCH, curriculum_rows=200), 400)]
+    assert from_dataset == [said(r) for r in _take(400, seed=1, batch_size=BATCH, curriculum_rows=200)]
 
 
 @pytest.mark.parametrize("bad", [0, -1])
@@ -142,42 +131,9 @@ def test_stream_refuses_a_bad_batch_size(bad):
         next(stream_rows(seed=0, batch_size=bad))
 
 
-def test_text_share_gives_whole_conversations_as_text():
-    from processing.synthetic_media import AudioSpec, ImageSpec, describe_audio, describe_image
-
-    rows = _take(2000, seed=2, batch_size=BATCH, text_share=0.25)
-    text = [r for r in rows if r.get("text_only")]
-    assert 0.21 < len(text) / len(rows) < 0.29
-    labels = {"en": ("Picture", "Audio"), "ms": ("Gambar", "Audio")}
-    for row in text:
-        assert not _media_parts(row) and row["images"] == [] and row["qtypes"]
-        said = " ".join(p["text"] for m in row["messages"] if m["role"] == "user" for p in m["content"])
-        picture, clip = labels[row["language"]]
-        for k, spec in enumerate(row["media"]["images"], 1):  # every item, labelled, with what it shows
-            spec = ImageSpec(**{**spec, "cells": tuple(spec["cells"])})
-            assert f"{picture} {k}: {describe_image(spec, row['language'])}." in said
-        for k, spec in enumerate(row["media"]["audios"], 1):
-            assert f"{clip} {k}: {describe_audio(AudioSpec(**spec), row['language'])}." in said
-    # The text version is the same conversation: same turns, same answers, media parts swapped for text.
-    row = render_row(sample_split(1, 4, "train", task_config())[0], "t", None, task_config())
-    plain, as_text = label_media(row), label_media(row, as_text=True)
-    assert [m["role"] for m in plain["messages"]] == [m["role"] for m in as_text["messages"]]
-    assert [m["content"] for m in plain["messages"] if m["role"] == "assistant"] == \
-           [m["content"] for m in as_text["messages"] if m["role"] == "assistant"]
-    media_per_message = [sum(p["type"] in ("image", "audio") for p in m["content"]) for m in plain["messages"]]
-    assert sum(media_per_message) == len(row["media"]["images"]) + len(row["media"]["audios"]) > 0
-    # a label part + a media part each become one text part
-    assert [len(m["content"]) for m in as_text["messages"]] == [
-        len(m["content"]) - n for m, n in zip(plain["messages"], media_per_message)]
-
-
 def test_demo_tokenizer_writes_the_chat_templates_role_names_as_one_token_each():
     """The chat template writes "<|im_start|>user" / "<|im_start|>assistant" twice per turn: whole role names keep
     ~15 tokens per conversation off every training step."""
-    from mmmmodal.demo import DemoSettings
-    from mmmmodal.demo_data import tokenizer_corpus
-    from mmmmodal.tiny import train_tokenizer
-
     tokenizer = train_tokenizer(tokenizer_corpus(task_config()), vocab_size=DemoSettings().vocab_size)
     assert tokenizer.tokenize("user\nhi")[0] == "user"
     assert tokenizer.tokenize("assistant\nlow")[:2] == ["assistant", "\u010a"]
@@ -185,11 +141,7 @@ def test_demo_tokenizer_writes_the_chat_templates_role_names_as_one_token_each()
 
 def test_demo_tokenizer_keeps_every_word_of_an_explained_answer_whole():
     """The demo's locally trained tokenizer writes "mid, mid: yes" as five tokens: the first value is the token of
-    the one-word answer ("mid"), the second its space-prefixed twin, and the verdict one token (what
-    `VerdictOnlyLabels` supervises alone)."""
-    from mmmmodal.demo import DemoSettings
-    from mmmmodal.demo_data import tokenizer_corpus
-    from mmmmodal.tiny import train_tokenizer
+    the one-word answer ("mid"), the second its space-prefixed twin, and the verdict one token."""
     from processing.synthetic_questions import ATTRIBUTES, explained_answer
 
     tokenizer = train_tokenizer(tokenizer_corpus(task_config()), vocab_size=DemoSettings().vocab_size)

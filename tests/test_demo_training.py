@@ -1,22 +1,28 @@
-"""The demo's training step: the loss on labelled positions (mmmmodal/demo_loss.py) is the model's own loss with the
-same gradients; the learning-rate schedule (mmmmodal.demo.lr_factor) warms up, holds and decays where it says."""
+"""The demo's training step: the loss on labelled positions (mmmmodal/demo/loss.py) is the model's own loss with the
+same gradients and refuses a language model that rescales its logits; stage 1's cached batches equal the collator's;
+the learning-rate schedule (mmmmodal.demo.train.lr_factor) warms up, holds and decays where it says."""
 
 import itertools
 
 import pytest
 import torch
 
-from mmmmodal.demo import lr_factor
-from mmmmodal.demo_collate import project_collator
-from mmmmodal.demo_data import stream_rows
-from mmmmodal.demo_loss import labelled_loss
+from mmmmodal.demo.batching import CachingCollator, ShuffledLengthBatches
+from mmmmodal.demo.loss import LOGIT_SCALING, check_logit_scaling, labelled_loss
+from mmmmodal.demo.stream import stream_rows
+from mmmmodal.demo.train import lr_factor
+from processing.collate import MMMModalDataCollator
+
+
+def _rows(n: int, seed: int = 0) -> list[dict]:
+    rows = itertools.islice(stream_rows(seed=seed, batch_size=6, caption_share=0.1), n)
+    return [{"messages": r["messages"], "images": r["images"]} for r in rows]
 
 
 @pytest.fixture(scope="module")
 def batch(tiny):
     _, processor = tiny
-    rows = list(itertools.islice(stream_rows(seed=0, batch_size=6, caption_share=0.1), 6))
-    batch = project_collator(processor)([{"messages": r["messages"], "images": r["images"]} for r in rows])
+    batch = MMMModalDataCollator(processor, assistant_only_loss=True)(_rows(6))
     assert batch["pixel_values"].shape[0] and batch["input_features"].shape[0]  # both towers take part
     return batch
 
@@ -64,3 +70,61 @@ def test_lr_factor_warms_up_by_steps_then_holds_and_decays_over_the_last_share_o
     assert lr_factor(10, 0.3, 4, decay_fraction=0.4) == lr_factor(10, 0.6, 4, decay_fraction=0.4) == 1.0
     assert abs(lr_factor(10, 0.8, 4, decay_fraction=0.4) - 0.5) < 1e-9
     assert lr_factor(10, 1.0, 4, decay_fraction=0.4) == 0.05
+
+
+@pytest.mark.parametrize("name, value", [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625),
+                                         ("logits_scaling", 4.0), ("lm_head_multiplier", 2.0)])
+def test_a_language_model_that_rescales_its_logits_is_refused(tiny, batch, monkeypatch, name, value):
+    model, _ = tiny
+    text_config = model.config.text_config
+    for neutral_name, neutral in LOGIT_SCALING.items():  # the neutral values pass
+        monkeypatch.setattr(text_config, neutral_name, neutral, raising=False)
+    check_logit_scaling(text_config)
+    monkeypatch.setattr(text_config, name, value)
+    with pytest.raises(ValueError, match=f"rescales its logits .*'{name}': {value}"):
+        labelled_loss(model, batch)
+
+
+def test_cached_batches_equal_the_collators_and_each_row_is_collated_once(tiny):
+    _, processor = tiny
+    inner = MMMModalDataCollator(processor, assistant_only_loss=True)
+    calls = []
+    counting = lambda examples: calls.append(len(examples)) or inner(examples)  # noqa: E731
+    caching = CachingCollator(counting, processor.tokenizer.pad_token_id)
+    rows = _rows(12, seed=1)
+    for _ in range(2):
+        for start in (0, 6):
+            got, expected = caching(rows[start : start + 6]), inner(rows[start : start + 6])
+            assert set(got) == {"input_ids", "attention_mask", "labels", "pixel_values", "input_features",
+                                "input_features_mask"} <= set(expected)
+            for key in got:
+                assert torch.equal(got[key], expected[key]), key
+    assert calls == [1] * 12  # one call per distinct row; the second epoch comes from the cache
+
+
+def test_length_batches_cover_every_row_once_with_similar_lengths_in_random_order():
+    lengths = [(i * 37) % 200 + 20 for i in range(1000)]
+    sampler = ShuffledLengthBatches(lengths, batch_size=32, group=8, seed=0)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(1000)) and sorted(second) == list(range(1000)) and first != second
+    batches = [first[i : i + 32] for i in range(0, 992, 32)]
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert max(spread) < 60  # a random batch spans ~180
+    means = [sum(lengths[i] for i in b) / 32 for b in batches]
+    assert means != sorted(means) and means != sorted(means, reverse=True)  # no long-to-short drift
+
+
+def test_the_demo_refuses_such_a_language_model_before_training(tmp_path):
+    from transformers import AutoConfig
+
+    from mmmmodal.demo.run import build_model
+    from mmmmodal.demo.settings import DemoArguments, DemoSettings
+    from mmmmodal.tiny import TinySizes, save_tiny_parts
+
+    text = save_tiny_parts(tmp_path / "parts", TinySizes(hidden_size=16, layers=1, heads=2))["text"]
+    config = AutoConfig.from_pretrained(text)
+    config.final_logit_softcapping = 30.0  # as Gemma 2 declares it
+    config.save_pretrained(text)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="rescales its logits"):
+        build_model(out, DemoSettings.quick(), DemoArguments(str(out), text=text))

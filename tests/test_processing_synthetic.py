@@ -161,48 +161,6 @@ def test_explained_comparisons_name_both_items_then_the_verdict():
     assert reference_answer(QUESTION_TYPES["image_count"], [three], "en") == "3"  # single-media: one word
 
 
-def test_asks_same_marks_the_questions_whose_verdict_is_equality():
-    rng = random.Random(0)
-    from processing.synthetic_media import sample_audio_spec, sample_image_spec
-
-    draw = {"image": sample_image_spec, "audio": sample_audio_spec}
-    for question in (q for q in QUESTION_TYPES.values() if q.cross):
-        value = ATTRIBUTES[question.compared][0]
-        equal_but_not_yes = 0
-        for _ in range(400):
-            media = [draw[kind](rng) for kind in question.refs]
-            equal = value(media[0], "en") == value(media[1], "en")
-            if question.asks_same:
-                assert (question.answer(media, "en") == "yes") == equal
-            else:
-                equal_but_not_yes += equal and question.answer(media, "en") != "yes"
-        assert question.asks_same or equal_but_not_yes > 0  # "more?" about equal counts is "no" / "same"
-
-
-def _same_question_yes_share(specs):
-    said = []
-    for spec in specs:
-        for turn in spec["turns"]:
-            question = QUESTION_TYPES[turn["qtype"]]
-            if question.asks_same:
-                media = [spec[k + "s"][i] for k, i in zip(question.refs, turn["refs"])]
-                said.append(question.answer(media, "en") == "yes")
-    return sum(said) / len(said)
-
-
-def test_equal_pairs_raises_the_share_of_equal_items_in_same_questions(tmp_path):
-    natural = _same_question_yes_share(sample_split(1500, 0, "train", CFG))
-    balanced_cfg = TaskConfig(image_size=48, equal_pairs=0.5)
-    balanced_specs = sample_split(1500, 0, "train", balanced_cfg)
-    assert natural < 0.35 < 0.55 < _same_question_yes_share(balanced_specs)
-    # The re-drawn items are whole, valid media: pixels and waveforms still show the recorded attributes.
-    rows = [render_row(spec, f"b{i}", tmp_path, balanced_cfg) for i, spec in enumerate(balanced_specs[:40])]
-    assert all(len(spec["cells"]) == spec["count"] for row in rows for spec in row["media"]["images"])
-    _assert_media_match_recorded_attributes(rows)
-    # Off by default: the held-out split (and any default stream) draws its media independently, as before.
-    assert TaskConfig().equal_pairs == 0.0
-
-
 def test_alignment_captions_match_media(written):
     for row in _rows(written["alignment"]):
         caption = row["messages"][-1]["content"][0]["text"]

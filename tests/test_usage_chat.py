@@ -104,6 +104,32 @@ def test_stream_yields_the_answer_piece_by_piece(tiny):
     assert "".join(pieces).strip() == session.messages[-1]["content"][0]["text"].strip()
 
 
+def test_a_turn_given_as_content_parts_keeps_their_order_and_matches_a_full_recompute(tiny):
+    model, processor, _, media = tiny
+    red, beep = str(media / "red.png"), str(media / "beep.wav")
+    session = ChatSession(model, processor, max_new_tokens=5)
+    session.attach("image", str(media / "blue.png"))  # attached media go first
+    turn = [{"type": "text", "text": "Picture 2:"}, {"type": "image", "image": red}, {"type": "text", "text": "Audio 1:"},
+            {"type": "audio", "path": beep}, {"type": "text", "text": "What is in picture 2?"}]
+    answer = session.ask(turn)
+    user = session.messages[-2]
+    assert [p["type"] for p in user["content"]] == ["image", "text", "image", "text", "audio", "text"]
+    assert user["content"][2] == {"type": "image", "path": red}  # the source, named the way `attach` names it
+    prompt = processor.apply_chat_template(session.messages[:-1], add_generation_prompt=True, tokenize=False)
+    ids = processor(text=prompt, images=[Image.open(media / "blue.png"), Image.open(red)], audio=[beep],
+                    add_special_tokens=False)["input_ids"][0]
+    assert session._ids[0, : session._last_prompt_length].tolist() == ids
+    images = [Image.open(media / "blue.png").convert("RGB"), Image.open(red).convert("RGB")]
+    clip = sf.read(beep, dtype="float32")[0]
+    assert session._ids[0, session._last_prompt_length :].tolist() == recompute(model, session, images, [clip])
+    assert answer == session.messages[-1]["content"][0]["text"]
+    with pytest.raises(ValueError, match="names no source"):
+        session.ask([{"type": "image"}, {"type": "text", "text": "hi"}])
+    with pytest.raises(ValueError, match="expected text, image or audio"):
+        session.ask([{"type": "video", "path": red}])
+    assert len(session.messages) == 2
+
+
 def test_bad_input_is_refused_and_the_session_goes_on(tiny):
     model, processor, _, media = tiny
     session = ChatSession(model, processor, max_new_tokens=4)

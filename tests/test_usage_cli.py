@@ -87,3 +87,53 @@ def test_a_checkpoint_of_another_model_type_is_refused_before_loading(tmp_path):
         load_checkpoint(str(tmp_path))
     with pytest.raises(ValueError, match="Cannot read the config"):
         load_checkpoint(str(tmp_path / "missing"))
+
+
+def test_task_flags_come_from_the_task_configs_fields(capsys):
+    """`mmmmodal data synthetic` writes one flag per TaskConfig field (its help from the field), and each reaches the
+    config; no flag given gives the config's own defaults."""
+    from dataclasses import fields
+
+    from mmmmodal.cli import build_parser, dataclass_from_args
+    from processing.synthetic_task import TaskConfig
+
+    parser = build_parser()
+    base = ["data", "synthetic", "--out", "x"]
+    assert dataclass_from_args(TaskConfig, parser.parse_args(base)) == TaskConfig()
+    args = parser.parse_args(base + ["--image-size", "48", "--clip-seconds", "1", "--beep-seconds", "0.1",
+                                     "--max-images", "1", "--max-audios", "2", "--max-turns", "3", "--languages", "ms",
+                                     "--one-word-comparisons"])
+    expected = TaskConfig(image_size=48, clip_seconds=1.0, beep_seconds=0.1, max_images=1, max_audios=2, max_turns=3,
+                          languages=("ms",), explain_comparisons=False)
+    assert dataclass_from_args(TaskConfig, args) == expected
+    assert {f.name for f in fields(TaskConfig)} - set(vars(args)) == {"weights"}  # a dict has no flag
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "synthetic", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(" ".join(f.metadata["help"].split()) in shown for f in fields(TaskConfig) if f.name != "weights")
+
+
+def test_a_bad_task_flag_is_refused_with_the_reason(tmp_path, capsys):
+    from mmmmodal.cli import main
+
+    with pytest.raises(SystemExit, match="expected some of \\['en', 'ms'\\], found \\['fr'\\]"):
+        main(["data", "synthetic", "--out", str(tmp_path / "s"), "--train", "1", "--test", "1", "--languages", "fr"])
+    assert not (tmp_path / "s" / "train.jsonl").exists()
+
+
+def test_demo_flags_are_the_demo_arguments_fields():
+    from dataclasses import fields
+
+    from mmmmodal.cli import build_parser, dataclass_from_args
+    from mmmmodal.demo import DemoArguments
+
+    parser = build_parser()
+    assert dataclass_from_args(DemoArguments, parser.parse_args(["demo", "--out", "d"])) == DemoArguments(out="d")
+    args = parser.parse_args(["demo", "--out", "d", "--vision", "v", "--audio", "a", "--text", "t", "--minutes", "3.5",
+                              "--seed", "4", "--quick", "--threads", "2"])
+    given = DemoArguments("d", "v", "a", "t", 3.5, 4, True, 2)
+    assert dataclass_from_args(DemoArguments, args) == given and given.budget_minutes == 3.5
+    assert DemoArguments("d").budget_minutes == 10 and DemoArguments("d", quick=True).budget_minutes == 2
+    assert {f.name for f in fields(DemoArguments)} <= set(vars(args))
+    with pytest.raises(SystemExit):  # --out is required
+        parser.parse_args(["demo"])

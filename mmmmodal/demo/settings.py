@@ -1,0 +1,62 @@
+"""What one demo run is given: the command's flags (`DemoArguments`) and the sizes and schedule (`DemoSettings`)."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DemoArguments:
+    """The flags of `mmmmodal demo` (each field is one flag, see `mmmmodal.cli.add_dataclass_arguments`)."""
+
+    out: str = field(metadata={"help": "Folder for the report, the checkpoint and the data."})
+    vision: str | None = field(default=None, metadata={
+        "help": "SigLIP hub id or folder (default: build a tiny one offline)."})
+    audio: str | None = field(default=None, metadata={
+        "help": "Whisper hub id or folder (default: build a tiny one offline)."})
+    text: str | None = field(default=None, metadata={
+        "help": "Causal LM hub id or folder (default: build a tiny one offline)."})
+    minutes: float | None = field(default=None, metadata={
+        "help": "Wall-clock budget for the whole run (default 10; 2 with --quick)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the model, the data and the training order."})
+    quick: bool = field(default=False, metadata={"help": "A shortened run (tests, smoke checks): tiny data."})
+    threads: int = field(default=1, metadata={
+        "help": "torch threads of the training process (default 1: with the one data-collation worker that makes "
+                "2 busy cores)."})
+
+    @property
+    def budget_minutes(self) -> float:
+        return self.minutes if self.minutes is not None else (2.0 if self.quick else 10.0)
+
+
+@dataclass
+class DemoSettings:
+    """Sizes and schedule of one demo run; `quick` shrinks everything for tests."""
+
+    hidden_size: int = 64
+    layers: int = 3
+    heads: int = 4
+    vocab_size: int = 600
+    n_test: int = 400  # held-out conversations scored
+    n_alignment: int = 600  # stage-1 caption rows
+    batch_size: int = 32
+    stage0_fraction: float = 0.12  # of the training time
+    stage0_max_seconds: float = 75.0
+    stage0_pool: int = 768  # media drawn once for stage 0
+    stage0_eval: int = 256
+    stage1_fraction: float = 0.015  # of the training time; stage 2 gets the rest
+    stage1_lr: float = 3e-3
+    stage2_lr: float = 2e-3
+    curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
+    caption_share: float = 0.1  # and keeps this share of caption rows all along
+    warmup_steps: int = 20
+    decay_fraction: float = 0.3  # the learning rate holds after warmup, then decays over this last share of a stage
+    max_steps: int = 1_000_000  # the wall-clock budget stops training first
+    reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
+    log_every: int = 10
+    workers: int = 1  # data-collation worker processes
+    group_by_length: bool = True  # stage 1: batches of similar length, in random order (less padding per step)
+
+    @classmethod
+    def quick(cls) -> "DemoSettings":
+        return cls(hidden_size=32, layers=2, heads=2, n_test=24, n_alignment=24, batch_size=8, stage0_fraction=0.1,
+                   stage0_max_seconds=5.0, stage0_pool=32, stage0_eval=32, warmup_steps=1, max_steps=3,
+                   reserve_seconds=20.0, log_every=1, workers=0)
