@@ -1,7 +1,5 @@
 """Smoke run of the benchmark code paths at tiny sizes: no timing assertions, only what must hold at any speed."""
 
-import torch
-
 from benchmarks import audio, demo_loss, generation, merge, processor
 from benchmarks.common import SIZES, Row, format_table
 
