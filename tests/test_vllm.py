@@ -74,7 +74,8 @@ def to_openai(turns) -> list[dict]:
         if kind == "text":
             return {"type": "text", "text": value}
         if kind == "image":
-            return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(value).decode()}}
+            url = "data:image/png;base64," + base64.b64encode(value).decode()
+            return {"type": "image_url", "image_url": {"url": url}}
         return {"type": "input_audio", "input_audio": {"data": base64.b64encode(value).decode(), "format": "wav"}}
 
     return [{"role": role, "content": [part(*p) for p in parts]} for role, parts in turns]
@@ -137,9 +138,10 @@ def test_greedy_tokens_equal_transformers(case, client, served):
 
 BAD = {
     "more placeholders than media": ([("image", png(6)), ("text", "and <image> too?")], "placeholders but 1 image"),
-    "unreadable image": ([("image", png(6)[:80]), ("text", "?")], "image"),
+    "unreadable image": ([("image", png(6)[:80]), ("text", "?")], "Failed to load image"),
     "unreadable audio": ([("audio", wav(6, 1.0)[:60]), ("text", "?")], "Could not read the audio"),
     "audio over the cap": ([("audio", wav(6, CAP_SECONDS + 2)), ("text", "?")], "over max_audio_seconds=10"),
+    "more images than --limit-mm-per-prompt": ([("image", png(i)) for i in range(5)], "At most 4 image(s)"),
 }
 
 

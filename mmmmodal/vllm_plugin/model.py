@@ -31,10 +31,15 @@ from vllm.model_executor.models.utils import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
-from modeling_mmmmodal.configuration_mmmmodal import AUDIO_TOKEN, IMAGE_TOKEN, audio_token_lengths
+from modeling_mmmmodal.configuration_mmmmodal import AUDIO_TOKEN, IMAGE_TOKEN
 from modeling_mmmmodal.modeling_mmmmodal import MMMModalAudioProjector, MMMModalMultiModalProjector
 
-from .processing import MMMModalDummyInputsBuilder, MMMModalMultiModalProcessor, MMMModalProcessingInfo
+from .processing import (
+    MMMModalDummyInputsBuilder,
+    MMMModalMultiModalProcessor,
+    MMMModalProcessingInfo,
+    window_token_counts,
+)
 
 
 def _as_tensor(value) -> torch.Tensor:
@@ -105,8 +110,7 @@ class MMMModalForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP
         dtype = next(self.audio_tower.parameters()).dtype
         outputs = self.audio_tower(input_features.to(dtype), output_hidden_states=True, return_dict=True)
         projected = self.audio_projector(outputs.hidden_states[self.config.audio_feature_layer])  # (W, T', C_text)
-        lengths = audio_token_lengths(input_features_mask.sum(-1).to(projected.device),
-                                      self.config.audio_projector_kernel_size, self.config.audio_projector_stride)
+        lengths = window_token_counts(self.config, input_features_mask.sum(-1).to(projected.device))
         keep = torch.arange(projected.shape[1], device=projected.device)[None, :] < lengths[:, None]
         per_clip = [int(chunk.sum()) for chunk in torch.split(lengths, audio_windows.tolist())]
         return torch.split(projected[keep], per_clip)

@@ -39,6 +39,12 @@ def span_ids(config, modality: str) -> tuple[int, int, int]:
             getattr(config, f"{modality}_end_token_id"))
 
 
+def window_token_counts(config, mel_lengths):
+    """LLM tokens of audio windows with `mel_lengths` valid mel frames (an int or a tensor): the model's projector,
+    trimmed by the shipped formula, yields exactly this many, so the prompt gets as many pads."""
+    return audio_token_lengths(mel_lengths, config.audio_projector_kernel_size, config.audio_projector_stride)
+
+
 class MMMModalProcessingInfo(BaseProcessingInfo):
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         # A checkpoint without a tower has no such modality: vLLM refuses those media by name.
@@ -58,9 +64,7 @@ class MMMModalProcessingInfo(BaseProcessingInfo):
 
     def window_tokens(self) -> int:
         """LLM tokens of one full Whisper window."""
-        processor = self.get_hf_processor()
-        extractor = processor.feature_extractor
-        return int(audio_token_lengths(extractor.nb_max_frames, processor.audio_kernel_size, processor.audio_stride))
+        return window_token_counts(self.get_hf_config(), self.get_hf_processor().feature_extractor.nb_max_frames)
 
     def max_audio_windows(self, seq_len: int) -> int:
         """Most windows one clip can span: the processor's `max_audio_seconds`, and no more than fits in `seq_len`."""
@@ -144,7 +148,8 @@ class MMMModalMultiModalProcessor(BaseMultiModalProcessor[MMMModalProcessingInfo
                 raise ValueError(str(error.__cause__)) from None
             raise
 
-    def _get_mm_fields_config(self, hf_inputs: BatchFeature, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+    def _get_mm_fields_config(self, hf_inputs: BatchFeature,
+                              hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
         windows = hf_inputs.get("audio_windows", torch.empty(0, dtype=torch.long))
         return dict(
             pixel_values=MultiModalFieldConfig.batched("image"),
@@ -157,7 +162,6 @@ class MMMModalMultiModalProcessor(BaseMultiModalProcessor[MMMModalProcessingInfo
     def _get_prompt_updates(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs,
                             out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
         config = self.info.get_hf_config()
-        processor = self.info.get_hf_processor()
         audio_items = out_mm_kwargs.get("audio", [])
 
         def span(modality: str, n: int) -> PromptUpdateDetails:
@@ -165,9 +169,8 @@ class MMMModalMultiModalProcessor(BaseMultiModalProcessor[MMMModalProcessingInfo
             return PromptUpdateDetails.select_token_id([start] + [pad] * n + [end], embed_token_id=pad)
 
         def audio_span(item_idx: int) -> PromptUpdateDetails:
-            mel_lengths = audio_items[item_idx]["input_features_mask"].data.sum(-1)
-            n = audio_token_lengths(mel_lengths, processor.audio_kernel_size, processor.audio_stride).sum()
-            return span("audio", int(n))
+            mel_lengths = audio_items[item_idx]["input_features_mask"].data.sum(-1)  # (windows of this clip,)
+            return span("audio", int(window_token_counts(config, mel_lengths).sum()))
 
         updates = []
         if "image" in mm_items:
