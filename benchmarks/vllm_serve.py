@@ -41,12 +41,14 @@ VLLM_PYTHON_ENV = "MMMMODAL_VLLM_PYTHON"
 VLLM_CPU_ARGS = ("--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "2048")
 
 
-def build_checkpoint(out_dir, max_audio_seconds: float | None = None, seed: int = 0):
+def build_checkpoint(out_dir, max_audio_seconds: float | None = None, seed: int = 0, **config_kwargs):
     """A tiny MMMModal whose heads are 64 wide (vLLM's CPU attention refuses the default 16); returns
-    (model in eval mode, processor, checkpoint path). `max_audio_seconds` sets the clip cap of both."""
+    (model in eval mode, processor, checkpoint path). `max_audio_seconds` sets the clip cap of both;
+    `config_kwargs` are other `MMMModalConfig` fields (feature layers, ...)."""
     from mmmmodal.tiny import TinySizes, build_tiny
 
-    model, processor = build_tiny(Path(out_dir) / "build", TinySizes(hidden_size=128, heads=2), seed=seed)
+    model, processor = build_tiny(Path(out_dir) / "build", TinySizes(hidden_size=128, heads=2), seed=seed,
+                                  **config_kwargs)
     if max_audio_seconds is not None:
         processor.max_audio_seconds = model.config.max_audio_seconds = float(max_audio_seconds)
     path = Path(out_dir) / MODEL
@@ -174,7 +176,7 @@ def compare(python, checkpoint, clients: int, requests: int, max_tokens: int, lo
 
 def rows_from(figures: dict, clients: int, requests: int, max_tokens: int) -> list[Row]:
     ours, theirs = figures["mmmmodal_serve"], figures["vllm"]
-    case = f"tiny, {clients} clients x {requests} streamed req (img + 1 s clip, {max_tokens} new tok), CPU"
+    case = f"tiny, {clients} clients x {requests} streamed req (img + 1 s clip, {max_tokens} new tok), CPU, wall clock"
     ok = not (ours["errors"] or theirs["errors"]) and ours["tokens"] == theirs["tokens"]
     return [
         Row("vllm_serve", f"{case}: gen tok/s vLLM vs mmmmodal serve",

@@ -36,8 +36,12 @@ def vllm_python(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
-    """(model, processor, checkpoint path): tiny, heads of 64, clips capped at CAP_SECONDS."""
-    return build_checkpoint(tmp_path_factory.mktemp("vllm_checkpoint"), max_audio_seconds=CAP_SECONDS)
+    """(model, processor, checkpoint path): tiny, heads of 64, clips capped at CAP_SECONDS. Its images are read from
+    the vision tower's last hidden layer (before the post-norm, as transformers' `hidden_states[-1]`) instead of
+    the default second-to-last: equal tokens then show the plugin honours `vision_feature_layer` (the default -2,
+    one layer less, is the audio side's `audio_feature_layer`)."""
+    return build_checkpoint(tmp_path_factory.mktemp("vllm_checkpoint"), max_audio_seconds=CAP_SECONDS,
+                            vision_feature_layer=-1)
 
 
 @pytest.fixture(scope="session")
