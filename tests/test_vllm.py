@@ -10,6 +10,7 @@ the same checkpoint, with the media decoded as `mmmmodal serve` decodes them (`m
 
 import base64
 import io
+import os
 
 import pytest
 import soundfile as sf
@@ -159,6 +160,36 @@ def test_bad_input_is_refused_with_the_reason_and_the_next_request_works(case, c
     assert refused.value.status_code == 400 and reason in refused.value.message, refused.value.message
     good = CASES["one image"]
     assert ask(client, good).choices[0].token_ids == reference(served, good)[1]
+
+
+PROFILE = """
+import json, sys
+from vllm.config import ModelConfig
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.plugins import load_general_plugins
+
+load_general_plugins()
+config = ModelConfig(model=sys.argv[1], dtype="float32", max_model_len=2048,
+                     limit_mm_per_prompt={"image": 4, "audio": 4})
+processor = MULTIMODAL_REGISTRY.create_processor(config)
+dummy = processor.get_dummy_mm_inputs({"image": 1, "audio": 1})
+print(json.dumps({"embeds": {m: [r.get_num_embeds() for r in ranges] for m, ranges in dummy["mm_placeholders"].items()},
+                  "max": dict(processor.info.get_mm_max_tokens_per_item(2048, {"image": 1, "audio": 1}))}))
+"""
+
+
+def test_the_inputs_vllm_profiles_with_fit_the_audio_cap(vllm_python, served):
+    """vLLM sizes its encoder cache with the plugin's largest inputs: the longest clip that fits the model length and
+    the checkpoint's cap (10 s here, not a whole number of 3 s windows), and no more tokens than announced."""
+    import json
+    import subprocess
+
+    done = subprocess.run([str(vllm_python), "-c", PROFILE, str(served[2])], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["embeds"]["image"] == [report["max"]["image"]] == [served[0].config.num_image_tokens]
+    assert 0 < report["embeds"]["audio"][0] <= report["max"]["audio"]
 
 
 def test_the_benchmark_drives_both_servers_alike(vllm_url, served, tmp_path):

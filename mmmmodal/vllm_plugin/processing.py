@@ -97,9 +97,13 @@ class MMMModalDummyInputsBuilder(BaseDummyInputsBuilder[MMMModalProcessingInfo])
             data["image"] = self._get_dummy_images(width=size, height=size, num_images=mm_counts["image"],
                                                    overrides=mm_options.get("image"))
         if mm_counts.get("audio", 0):
-            window = self.info.get_hf_processor().feature_extractor.n_samples
-            data["audio"] = self._get_dummy_audios(length=self.info.max_audio_windows(seq_len) * window,
-                                                   num_audios=mm_counts["audio"], overrides=mm_options.get("audio"))
+            processor = self.info.get_hf_processor()
+            extractor = processor.feature_extractor
+            # As many windows as fit, but never over the cap (which need not be a whole number of windows).
+            length = min(self.info.max_audio_windows(seq_len) * extractor.n_samples,
+                         int(processor.max_audio_seconds * extractor.sampling_rate))
+            data["audio"] = self._get_dummy_audios(length=length, num_audios=mm_counts["audio"],
+                                                   overrides=mm_options.get("audio"))
         return data
 
 
