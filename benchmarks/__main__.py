@@ -3,6 +3,7 @@
     python -m benchmarks                 # everything, a few minutes on 2 CPU cores
     python -m benchmarks --quick         # smaller sizes and fewer repeats (tens of seconds)
     python -m benchmarks --only merge audio --json out.json
+    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks --only vllm_serve   # vLLM vs mmmmodal serve
 """
 
 import argparse
@@ -17,7 +18,7 @@ import torch
 
 from .common import CLOCK, format_table
 
-BENCHMARKS = ("merge", "generation", "audio", "processor", "training", "demo_loss")
+BENCHMARKS = ("merge", "generation", "audio", "processor", "training", "vllm_serve", "demo_loss")
 
 
 def machine() -> str:

@@ -11,6 +11,9 @@ Rows mix 1-3 media each (an image with probability 0.6, else a 1-5 s clip), as t
   collator rendering through transformers' own `ProcessorMixin.apply_chat_template`, which walks the assistant
   mask over offsets left as a tensor (`MMMModalProcessor.apply_chat_template` hands it lists): the ratio is the
   collator's speed-up from that.
+- `processor, 1-5 s clips`: the processor on audio-only rows of one 1-5 s clip, against a copy that computes the
+  log-mel features over each window padded to 30 s, as the feature extractor alone does: the ratio is the speed-up
+  from computing them over the real samples only (the features are equal, tests/test_model_inputs.py).
 Peak memory is Python-tracked allocations (tracemalloc: numpy buffers included, torch tensors not), over the
 first 25 batches (a second pass: tracing slows what it traces).
 """
@@ -79,6 +82,28 @@ def with_base_mask_walk(processor):
     return peer
 
 
+def with_padded_log_mel(processor):
+    """A copy of `processor` that computes log-mel features as the feature extractor alone does: over every window
+    padded to its full 30 s (what the processor did before it computed them over the real samples only)."""
+    peer = copy.copy(processor)
+
+    def padded(windows):
+        out = processor.feature_extractor(windows, sampling_rate=processor.feature_extractor.sampling_rate,
+                                          padding="max_length", return_attention_mask=True, return_tensors="np")
+        return out["input_features"], out["attention_mask"]
+
+    peer._log_mel = padded
+    return peer
+
+
+def clip_batches(n_rows: int, seed: int = 0) -> list[dict]:
+    """Audio-only processor calls: one 1-5 s clip per row (uniform), batches of `BATCH`."""
+    rng = np.random.default_rng(seed)
+    clips = [(rng.standard_normal(int(16000 * s)) * 0.1).astype(np.float32) for s in rng.uniform(1, 5, n_rows)]
+    return [{"text": ["<audio> How many beeps?"] * len(clips[i : i + BATCH]), "audio": clips[i : i + BATCH]}
+            for i in range(0, n_rows, BATCH)]
+
+
 def processor_batches(rows: list[dict], processor) -> list[dict]:
     """The same rows as plain processor calls: text with placeholders, decoded images and waveforms."""
     batches = []
@@ -113,9 +138,14 @@ def run(n_rows: int = 1000) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         rows = make_rows(Path(tmp), n_rows)
         batches = processor_batches(rows, processor)
+        clips = clip_batches(n_rows)
+        padded_peer = with_padded_log_mel(processor)
         contenders = {
             "processor": (lambda b: processor(**b, padding=True, return_tensors="pt"), batches),
             "tokenizer": (lambda b: processor.tokenizer(b["text"], padding=True, return_tensors="pt"), batches),
+            "processor, 1-5 s clips": (lambda b: processor(**b, padding=True, return_tensors="pt"), clips),
+            "processor, 1-5 s clips, padded log-mel": (lambda b: padded_peer(**b, padding=True, return_tensors="pt"),
+                                                       clips),
         }
         try:
             from processing.collate import MMMModalDataCollator
@@ -135,8 +165,11 @@ def run(n_rows: int = 1000) -> list[Row]:
         for name, (fn, items) in contenders.items():
             seconds, peak = measure(fn, items)
             speed[name] = n_rows / seconds
-            rows_out.append(Row("processor", f"{name}, {n_rows} mixed rows, batch {BATCH}",
+            rows_out.append(Row("processor", f"{name}, {n_rows} rows, batch {BATCH}",
                                 f"{speed[name]:,.0f} samples/s; peak {peak:.0f} MiB"))
+        ratio = speed["processor, 1-5 s clips"] / speed["processor, 1-5 s clips, padded log-mel"]
+        rows_out.append(Row("processor", "1-5 s clips: log-mel over the real samples vs padded to 30 s", "", ratio,
+                            ">= 5", ratio >= 5))
         peer = "collator, 4 turns, transformers' mask walk"
         if peer in speed:
             ratio = speed["collator, 4 turns"] / speed[peer]

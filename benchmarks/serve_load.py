@@ -49,16 +49,7 @@ def server_process(checkpoint, *args, log_path=None, env=None):
                                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.time() > deadline:
-                    tail = Path(log_path).read_text()[-3000:] if log_path else ""
-                    raise RuntimeError(f"the server did not start:\n{tail}")
-                time.sleep(0.3)
+        wait_until_up(url, process, 180, log_path)
         yield process, url
     finally:
         process.terminate()
@@ -67,6 +58,20 @@ def server_process(checkpoint, *args, log_path=None, env=None):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def wait_until_up(url: str, process, timeout_s: float, log_path=None):
+    """Return once the server at `url` answers `/health`; raise with the end of its log if it exits or times out."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=5)
+            return
+        except httpx.TransportError:
+            if process.poll() is not None or time.time() > deadline:
+                tail = Path(log_path).read_text()[-3000:] if log_path else ""
+                raise RuntimeError(f"the server did not start:\n{tail}")
+            time.sleep(0.3)
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:

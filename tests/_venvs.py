@@ -4,7 +4,8 @@ Each venv sees torch 2.13.0 (the CPU build on local disk; a bare `torch` would d
 installed once, into a folder of its own that every venv reads through a `.pth` file (copying its 1.9 GB into each
 venv took most of their build time), before the packages asked for. A package named without a version gets the one constraints.txt pins (the stack CI tests);
 the rest of what they need is left to pip, because another transformers release may need other versions of its
-own dependencies (5.16.1 needs huggingface_hub < 2). Venvs are built in parallel, once per test session.
+own dependencies (5.16.1 needs huggingface_hub < 2). `-e PATH[extra]` installs a local project (this one, into
+vLLM's venv) as it is. Venvs are built in parallel, once per test session; the torch folder is shared by every call.
 """
 
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONSTRAINTS = REPO / "constraints.txt"
 INSTALL_TIMEOUT_S = 1200
+_TORCH_SITE = []  # the folder torch 2.13.0 was installed into by this session's first `create_venvs`
 
 
 def _name(requirement: str) -> str:
@@ -23,7 +25,7 @@ def _name(requirement: str) -> str:
 
 def pinned(requirement: str) -> str:
     """`requirement` as given if it has a version, else at the version constraints.txt pins."""
-    if re.search(r"[<>=!~@]", requirement):
+    if re.search(r"[<>=!~@]", requirement) or requirement.startswith("-e "):
         return requirement
     for line in CONSTRAINTS.read_text().splitlines():
         if not line.startswith("#") and _name(line) == _name(requirement):
@@ -31,26 +33,42 @@ def pinned(requirement: str) -> str:
     raise ValueError(f"{requirement!r} has no version and constraints.txt does not pin it.")
 
 
-def create_venvs(root: Path, specs: dict[str, list[str]]) -> dict[str, Path]:
+def _torch_site(root: Path) -> Path:
+    if not _TORCH_SITE:
+        torch_site = root / "torch-site"
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                               "--no-input", "--target", str(torch_site), "torch==2.13.0"], capture_output=True,
+                              text=True, timeout=INSTALL_TIMEOUT_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"Installing torch 2.13.0 for the venvs failed:\n{done.stderr[-4000:]}")
+        _TORCH_SITE.append(torch_site)
+    return _TORCH_SITE[0]
+
+
+def _quoted(requirement: str) -> str:
+    requirement = pinned(requirement)
+    return f"-e '{requirement[3:]}'" if requirement.startswith("-e ") else f"'{requirement}'"
+
+
+def create_venvs(root: Path, specs: dict[str, list[str]], uninstall: dict[str, list[str]] | None = None
+                 ) -> dict[str, Path]:
     """Build one venv per `specs` entry (name -> requirements) in parallel; returns name -> its python.
 
+    `uninstall` names packages to remove from a venv after its install (what a package pulls in but must not have).
     Raises with the end of the install log when an install fails.
     """
     root.mkdir(parents=True, exist_ok=True)
-    torch_site = root / "torch-site"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-input",
-                           "--target", str(torch_site), "torch==2.13.0"], capture_output=True, text=True,
-                          timeout=INSTALL_TIMEOUT_S)
-    if done.returncode != 0:
-        raise RuntimeError(f"Installing torch 2.13.0 for the venvs failed:\n{done.stderr[-4000:]}")
+    torch_site = _torch_site(root)
     running = {}
     for name, requirements in specs.items():
         folder = root / name
         python = folder / "bin" / "python"
         purelib = f"$({python} -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
+        pip = f"{python} -m pip -q --disable-pip-version-check --no-input"
         script = (f"set -e; {sys.executable} -m venv {folder}; echo {torch_site} > {purelib}/shared-torch.pth; "
-                  f"{python} -m pip install -q --disable-pip-version-check --no-input "
-                  + " ".join(f"'{pinned(r)}'" for r in requirements))
+                  f"{pip} install " + " ".join(_quoted(r) for r in requirements))
+        if (uninstall or {}).get(name):
+            script += f"; {pip} uninstall -y " + " ".join(uninstall[name])
         log = root / f"{name}.log"
         running[name] = (subprocess.Popen(["bash", "-c", script], stdout=log.open("w"), stderr=subprocess.STDOUT),
                          log, folder)

@@ -156,3 +156,26 @@ def test_raw_pad_tokens_in_text_are_refused(tiny):
     _, processor = tiny
     with pytest.raises(ValueError, match="raw <\\|image_pad\\|>"):
         processor(text="<|image_pad|><|image_pad|> sneaky")
+
+
+@pytest.mark.parametrize("chunk_seconds", [3, 30])
+def test_log_mel_over_the_real_samples_equals_the_padded_computation(tiny, chunk_seconds):
+    """The processor runs the STFT over each clip's samples only; every frame the encoder reads must equal the
+    feature extractor's own computation over the window padded to its full length."""
+    import copy
+
+    from transformers import WhisperFeatureExtractor
+
+    _, processor = tiny
+    processor = copy.copy(processor)
+    extractor = processor.feature_extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=chunk_seconds)
+    rng = np.random.default_rng(0)
+    seconds = [0.01, 0.3, 1.0, 2.5, chunk_seconds - 0.01, chunk_seconds, chunk_seconds * 2 + 1.2]
+    clips = [(rng.standard_normal(int(s * 16000)) * 0.1).astype("float32") for s in seconds]
+    clips.append(np.zeros(4000, dtype="float32"))  # silence: the floor everywhere
+    out = processor(text="<audio>" * len(clips), audio=clips)
+    windows = [clip[i : i + extractor.n_samples] for clip in clips for i in range(0, clip.size, extractor.n_samples)]
+    padded = extractor(windows, sampling_rate=16000, padding="max_length", return_attention_mask=True,
+                       return_tensors="np")
+    np.testing.assert_allclose(out["input_features"], padded["input_features"], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(out["input_features_mask"], padded["attention_mask"])
