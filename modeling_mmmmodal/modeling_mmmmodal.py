@@ -524,6 +524,21 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     def get_audio_features(self, input_features, input_features_mask=None, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_audio_features(input_features, input_features_mask, **kwargs)
 
+    def scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The language model's own rescaling of its head's output, which its `*ForCausalLM.forward` applies and the
+        backbone used here does not: multipliers (Cohere's `logit_scale`, `output_multiplier`,
+        `lm_head_multiplier`), a divisor (Granite's `logits_scaling`), then soft-capping (Gemma 2's
+        `final_logit_softcapping`). A language model without them gets its logits unchanged."""
+        text_config = self.config.text_config
+        for name in ("logit_scale", "output_multiplier", "lm_head_multiplier"):
+            if getattr(text_config, name, None) not in (None, 1, 1.0):
+                logits = logits * getattr(text_config, name)
+        if getattr(text_config, "logits_scaling", None) not in (None, 1, 1.0):
+            logits = logits / text_config.logits_scaling
+        if (cap := getattr(text_config, "final_logit_softcapping", None)) is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
     def set_training_stage(self, stage: int | None):
         """Choose what trains: 1 = projectors only (alignment), 2 = projectors + LLM (instruction tuning).
 
@@ -619,7 +634,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         )
         hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        logits = self.scale_logits(self.lm_head(hidden_states[:, slice_indices, :]))
 
         loss = None
         if labels is not None:

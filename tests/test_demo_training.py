@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmmmodal.demo.batching import CachingCollator, ShuffledLengthBatches
-from mmmmodal.demo.loss import LOGIT_SCALING, check_logit_scaling, labelled_loss
+from mmmmodal.demo.loss import labelled_loss
 from mmmmodal.demo.stream import stream_rows
 from mmmmodal.demo.train import lr_factor
 from processing.collate import MMMModalDataCollator
@@ -72,17 +72,19 @@ def test_lr_factor_warms_up_by_steps_then_holds_and_decays_over_the_last_share_o
     assert lr_factor(10, 1.0, 4, decay_fraction=0.4) == 0.05
 
 
-@pytest.mark.parametrize("name, value", [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625),
+@pytest.mark.parametrize("name, value", [("final_logit_softcapping", 0.1), ("logit_scale", 0.0625),
                                          ("logits_scaling", 4.0), ("lm_head_multiplier", 2.0)])
-def test_a_language_model_that_rescales_its_logits_is_refused(tiny, batch, monkeypatch, name, value):
+def test_the_loss_uses_the_language_models_logit_scaling(tiny, batch, monkeypatch, name, value):
+    """A language model that rescales its logits: the demo's loss is still the model's own loss."""
     model, _ = tiny
-    text_config = model.config.text_config
-    for neutral_name, neutral in LOGIT_SCALING.items():  # the neutral values pass
-        monkeypatch.setattr(text_config, neutral_name, neutral, raising=False)
-    check_logit_scaling(text_config)
-    monkeypatch.setattr(text_config, name, value)
-    with pytest.raises(ValueError, match=f"rescales its logits .*'{name}': {value}"):
-        labelled_loss(model, batch)
+    monkeypatch.setattr(model.config.text_config, name, value, raising=False)
+    with torch.no_grad():
+        ours, _, _ = labelled_loss(model, batch)
+        theirs = model(**batch).loss
+        monkeypatch.setattr(model.config.text_config, name, None)
+        unscaled, _, _ = labelled_loss(model, batch)
+    torch.testing.assert_close(ours, theirs)
+    assert not torch.allclose(ours, unscaled)
 
 
 def test_cached_batches_equal_the_collators_and_each_row_is_collated_once(tiny):
@@ -112,19 +114,3 @@ def test_length_batches_cover_every_row_once_with_similar_lengths_in_random_orde
     assert max(spread) < 60  # a random batch spans ~180
     means = [sum(lengths[i] for i in b) / 32 for b in batches]
     assert means != sorted(means) and means != sorted(means, reverse=True)  # no long-to-short drift
-
-
-def test_the_demo_refuses_such_a_language_model_before_training(tmp_path):
-    from transformers import AutoConfig
-
-    from mmmmodal.demo.run import build_model
-    from mmmmodal.demo.settings import DemoArguments, DemoSettings
-    from mmmmodal.tiny import TinySizes, save_tiny_parts
-
-    text = save_tiny_parts(tmp_path / "parts", TinySizes(hidden_size=16, layers=1, heads=2))["text"]
-    config = AutoConfig.from_pretrained(text)
-    config.final_logit_softcapping = 30.0  # as Gemma 2 declares it
-    config.save_pretrained(text)
-    out = tmp_path / "out"
-    with pytest.raises(ValueError, match="rescales its logits"):
-        build_model(out, DemoSettings.quick(), DemoArguments(str(out), text=text))

@@ -323,6 +323,35 @@ def test_any_causal_lm_as_text_model(text_type):
     assert out.logits.shape == (1, ids.shape[1], 120) and torch.isfinite(out.loss)
 
 
+@pytest.mark.parametrize("text_type, scaling", [("gemma2", {"final_logit_softcapping": 3.0}),
+                                                 ("cohere", {"logit_scale": 0.25}),
+                                                 ("granite", {"logits_scaling": 4.0})])
+def test_text_models_that_rescale_their_logits_score_as_themselves(text_type, scaling, tmp_path):
+    """Soft-capping and logit scales live in each LLM's own `*ForCausalLM.forward`: MMMModal applies them too."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mmmmodal.tiny import train_tokenizer
+    from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
+
+    tokenizer = train_tokenizer()
+    config = AutoConfig.for_model(text_type, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  num_key_value_heads=2, intermediate_size=64, head_dim=16,
+                                  vocab_size=len(tokenizer), **scaling)
+    torch.manual_seed(0)
+    llm = AutoModelForCausalLM.from_config(config).eval()
+    llm.save_pretrained(tmp_path / "text")
+    tokenizer.save_pretrained(tmp_path / "text")
+    processor = MMMModalProcessor.from_parts(text=str(tmp_path / "text"))
+    model = MMMModalForConditionalGeneration.from_parts(text=str(tmp_path / "text"), processor=processor).eval()
+    ids = torch.tensor([tokenizer("What is in picture 1? A red circle.")["input_ids"]])
+    with torch.no_grad():
+        ours, theirs = model(input_ids=ids).logits, llm(input_ids=ids).logits
+    torch.testing.assert_close(ours[..., : len(tokenizer)], theirs)
+    with torch.no_grad():  # and the rescaling is what makes them equal
+        bare = model.lm_head(model.model(input_ids=ids).last_hidden_state)[..., : len(tokenizer)]
+    assert not torch.allclose(bare, theirs)
+
+
 def test_audio_only_model(tmp_path):
     model, processor = build_tiny(tmp_path, vision=False, seed=4)
     assert model.model.vision_tower is None and model.config.vision_config is None

@@ -21,7 +21,6 @@ from processing.synthetic_task import render_row, split_of
 
 from .data import label_media, make_data, task_config, tokenizer_corpus, trl_dataset
 from .eval import batch_inputs, chat_transcript, evaluate_model
-from .loss import check_logit_scaling
 from .report import report_json, run_details, write_report
 from .settings import DemoArguments, DemoSettings
 from .stage0 import pretrain_towers
@@ -80,7 +79,6 @@ def build_model(out: Path, settings: DemoSettings, args: DemoArguments):
     # The tiny LLM built here is random, so the mean of its rows is no better a start for the new tokens than
     # random rows; a given LLM gets the mean.
     model, processor = build(parts["vision"], parts["audio"], parts["text"], mean_resizing=bool(args.text))
-    check_logit_scaling(model.config.text_config)
     built = [name for name in parts if parts[name] == tiny.get(name)]
     description = (f"tiny parts built offline for {', '.join(built) or 'none'} "
                    f"(hidden {sizes.hidden_size}, {sizes.layers} layers, {sizes.heads} heads, 32 px images with "
