@@ -88,10 +88,7 @@ def chat_rows(model, processor, images, clips, turns: int, answer_tokens: int, f
     last = f"Turn {turns}: compare picture {turns} with picture 1."
 
     def with_cache():
-        probe = ChatSession(model, processor, **kwargs)  # same state as `session` after turn k-1, cache included
-        probe.messages, probe._cached_messages = list(session.messages), session._cached_messages
-        probe._ids, probe._closing = session._ids, session._closing
-        probe._cache = _copy_cache(session._cache)
+        probe = session.fork()  # the state after turn k-1, cache included
         probe.attach("image", images[turns - 1])
         probe.attach("audio", clips[turns - 1])
         return lambda: probe.ask(last)
@@ -121,12 +118,6 @@ def chat_rows(model, processor, images, clips, turns: int, answer_tokens: int, f
             f"{encoded['reencode']['image']} img + {encoded['reencode']['audio']} win",
             goal="only the new turn's", met=reused),
     ]
-
-
-def _copy_cache(cache):
-    import copy
-
-    return copy.deepcopy(cache)
 
 
 def run(size: Size = SIZE, new_tokens: int = 256, turns: int = 4, answer_tokens: int = 16) -> list[Row]:

@@ -10,6 +10,7 @@ images and audio are never re-encoded and the earlier prompt is never recomputed
     > Does the sound match the picture?
 """
 
+import copy
 import json
 import shlex
 import sys
@@ -135,6 +136,16 @@ class ChatSession:
             else:
                 raise ValueError(f"Content part {number} has type {kind!r}: expected text, image or audio.")
         return parts
+
+    def fork(self) -> "ChatSession":
+        """A copy of the conversation so far, KV cache included, that goes on on its own: ask two different follow-ups
+        without encoding the earlier turns twice. Media attached but not sent are copied too."""
+        if self._thread is not None:  # an abandoned stream may still be writing into the cache
+            self._thread.join()
+        twin = copy.copy(self)
+        twin.messages, twin.pending, twin._thread = list(self.messages), list(self.pending), None
+        twin._cache = copy.deepcopy(self._cache)
+        return twin
 
     def save(self, path):
         """Write the conversation as JSON in the standard messages format."""

@@ -95,6 +95,23 @@ def test_turns_reuse_the_cache_and_match_a_full_recompute(tiny):
     assert [m["role"] for m in session.messages] == ["user", "assistant"] * 3
 
 
+def test_a_forked_session_goes_on_from_the_shared_cache_on_its_own(tiny):
+    model, processor, _, media = tiny
+    session = ChatSession(model, processor, max_new_tokens=6)
+    session.attach("image", str(media / "red.png"))
+    session.ask("What is in picture 1?")
+    twin = session.fork()
+    vision = Calls(model.model.vision_tower, 0)
+    forked = twin.ask("And the colour?")  # from the copied cache: the image is not encoded again
+    assert vision.take() == []
+    assert session.cached_tokens < twin.cached_tokens and len(session.messages) == 2  # the original is as it was
+    fresh = ChatSession(model, processor, max_new_tokens=6)  # the same conversation from scratch
+    fresh.attach("image", str(media / "red.png"))
+    fresh.ask("What is in picture 1?")
+    assert fresh.ask("And the colour?") == forked
+    assert session.ask("And the colour?") == forked  # the fork left the original's cache as it was
+
+
 def test_stream_yields_the_answer_piece_by_piece(tiny):
     model, processor, _, media = tiny
     session = ChatSession(model, processor, max_new_tokens=12)
