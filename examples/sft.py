@@ -24,7 +24,14 @@ accelerate launch --config_file examples/accelerate/zero2_offload.yaml examples/
     --max_length 8192 --bf16 --output_dir checkpoints/stage2 --push_to_hub
 ```
 
-Add `--use_peft` for LoRA on the LLM (projectors fully trained and saved with the adapter).
+Add `--use_peft` for LoRA on the LLM (projectors fully trained and saved with the adapter), and
+`--pack_conversations true` for padding-free packing: each batch's conversations share rows of at most
+`--max_length` tokens, with no padding (TRL's `--packing` / `--padding_free` refuse vision rows; docs/packing.md):
+
+```bash
+python examples/sft.py --config examples/recipes/stage2_packed.yaml \
+    --model_name_or_path checkpoints/stage1 --dataset_name data/instructions --output_dir checkpoints/stage2
+```
 """
 
 from dataclasses import dataclass, field
@@ -34,6 +41,7 @@ from transformers import AutoProcessor
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
 from processing.collate import MMMModalDataCollator, prepare_dataset
+from processing.packing import MMMModalPackingCollator
 
 LLM_LINEAR = r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -46,6 +54,26 @@ class MMMModalArguments:
     media_root: str | None = field(default=None, metadata={"help": "Folder that relative media paths start from."})
     language: str = field(default="en", metadata={"help": "Paper records: train on `content` (en) or `content_ms` (ms)."})
     skip_bad_rows: bool = field(default=False, metadata={"help": "Skip (and count) bad rows instead of failing."})
+    pack_conversations: bool = field(
+        default=False,
+        metadata={"help": "Padding-free packing: a batch's conversations share rows of at most --max_length tokens, "
+                          "with no padding; the same conversations and loss per step, fewer tokens (docs/packing.md)."},
+    )
+
+
+def make_collator(processor, training_args, model_args, mmm_args):
+    """The batch builder: padded (TRL's vision collator, extended), or padding-free packed rows."""
+    if training_args.packing or training_args.padding_free:
+        raise ValueError("TRL's --packing and --padding_free do not take vision rows (SFTTrainer refuses them). "
+                         "This script packs multimodal rows itself: use --pack_conversations true instead.")
+    common = dict(max_length=training_args.max_length, pad_to_multiple_of=training_args.pad_to_multiple_of,
+                  language=mmm_args.language, base_dir=mmm_args.media_root, skip_bad_rows=mmm_args.skip_bad_rows)
+    if not mmm_args.pack_conversations:
+        return MMMModalDataCollator(processor, **common)
+    # Flash-attention's varlen kernel costs the same whatever a row's width: fewest rows. A dense kernel (sdpa,
+    # eager) computes a row's full width squared: rows no wider than the batch's longest conversation.
+    flash = "flash" in (model_args.attn_implementation or "")
+    return MMMModalPackingCollator(processor, row_length="max_length" if flash else "longest", **common)
 
 
 def main(script_args, training_args, model_args, mmm_args):
@@ -69,8 +97,7 @@ def main(script_args, training_args, model_args, mmm_args):
     dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
     train = prepare_dataset(dataset[script_args.dataset_train_split], mmm_args.media_root, mmm_args.skip_bad_rows,
                             mmm_args.language)
-    collator = MMMModalDataCollator(processor, max_length=training_args.max_length, language=mmm_args.language,
-                                    base_dir=mmm_args.media_root, skip_bad_rows=mmm_args.skip_bad_rows)
+    collator = make_collator(processor, training_args, model_args, mmm_args)
     trainer = SFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,

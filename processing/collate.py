@@ -231,13 +231,17 @@ class MMMModalDataCollator(DataCollatorForVisionLanguageModeling):
         if not rows:
             raise ValueError(f"Every row of this batch is bad ({len(examples)} skipped); check the dataset.")
         try:
-            batch = super().torch_call([{"messages": r["messages"], "images": r["images"]} for r in rows])
+            return self._render(rows)
         except ValueError:
             # The processor names a row by its place in the batch; find it and name it properly (or skip it).
             rows = [row for row in rows if self._check_alone(row)]
             if not rows:
                 raise ValueError(f"Every row of this batch is bad ({len(examples)} skipped); check the dataset.")
-            batch = super().torch_call([{"messages": r["messages"], "images": r["images"]} for r in rows])
+            return self._render(rows)
+
+    def _render(self, rows: list[dict]) -> dict:
+        """Rows in TRL's vision form -> TRL's padded batch, with no label on a span or media token."""
+        batch = super().torch_call([{"messages": r["messages"], "images": r["images"]} for r in rows])
         batch["labels"][self._media_mask(batch["input_ids"])] = -100
         return batch
 
@@ -249,7 +253,7 @@ class MMMModalDataCollator(DataCollatorForVisionLanguageModeling):
 
     def _check_alone(self, row) -> bool:
         try:
-            super().torch_call([{"messages": row["messages"], "images": row["images"]}])
+            self._render([row])
             return True
         except ValueError as error:
             self._skip(ValueError(f"Bad training {describe_row(row)}: {error}"))

@@ -2,11 +2,15 @@
 
     torchrun --nproc_per_node 2 tests/_dist_train.py --checkpoint CKPT --rows ROWS.json --mode zero2 --out OUT.json
 
+`--packed` builds the batches with `processing.packing.MMMModalPackingCollator` (a rank's conversations in one
+padding-free row) instead of `MMMModalDataCollator`.
+
 `ROWS.json` holds `{"0": [batch, batch, ...], "1": [...]}`: rank r trains on its own list of batches (rank 0 only
 image rows, rank 1 only audio rows). `--mode` is `ddp` (torch DDP, `find_unused_parameters=False`, the strict
 setting), `zero2` (examples/deepspeed/zero2_offload.json: ZeRO-2, optimizer on CPU) or `zero3`
 (examples/deepspeed/zero3.json). Rank 0 writes the losses, what each rank's batches held, the trainable
-parameters of both ranks after the last step, the wall time, and the DeepSpeed C++ ops the run loaded.
+parameters of both ranks after the last step, the wall time, the DeepSpeed C++ ops the run loaded, and each
+batch's shape (rows and the sequences they hold).
 """
 
 import argparse
@@ -23,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from processing.collate import MMMModalDataCollator  # noqa: E402
+from processing.packing import MMMModalPackingCollator  # noqa: E402
 
 LR = 1e-3
 
@@ -84,6 +89,7 @@ def main():
     parser.add_argument("--rows", required=True)
     parser.add_argument("--mode", choices=["ddp", "zero2", "zero3"], required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--packed", action="store_true", help="padding-free packed batches")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -99,7 +105,10 @@ def main():
     rank = dist.get_rank()
     batches = json.loads(Path(args.rows).read_text())[str(rank)]
     processor = AutoProcessor.from_pretrained(args.checkpoint, trust_remote_code=True)
-    collator = MMMModalDataCollator(processor)
+    if args.packed:
+        collator = MMMModalPackingCollator(processor, max_length=1024, row_length="max_length")
+    else:
+        collator = MMMModalDataCollator(processor)
     model = load_model(args.checkpoint)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -114,10 +123,12 @@ def main():
             model=model, model_parameters=trainable, config=deepspeed_config(args.mode, len(batches[0]))
         )
 
-    start, losses, seen = time.time(), [], []
+    start, losses, seen, shapes = time.time(), [], [], []
     for rows in batches:
         batch = collator(rows)
         seen.append(sorted(k for k in ("pixel_values", "input_features") if k in batch))
+        sequences = len(batch["cu_seq_lens_q"]) - 1 if "cu_seq_lens_q" in batch else batch["input_ids"].shape[0]
+        shapes.append([batch["input_ids"].shape[0], sequences])
         loss = engine(**batch).loss
         if args.mode == "ddp":
             loss.backward()
@@ -131,7 +142,7 @@ def main():
 
     params = full_params(model, args.mode)
     gathered = [None, None] if rank == 0 else None
-    dist.gather_object({"params": params, "losses": losses, "seen": seen}, gathered, dst=0)
+    dist.gather_object({"params": params, "losses": losses, "seen": seen, "shapes": shapes}, gathered, dst=0)
     if rank == 0:
         Path(args.out).write_text(json.dumps({"ranks": gathered, "seconds": elapsed, "mode": args.mode,
                                               "jit_ops": jit_ops()}))

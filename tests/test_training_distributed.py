@@ -5,6 +5,10 @@ leave the parameters identical on both ranks, and match a single-process referen
 ranks' losses: identical parameters alone do not prove the gradients were right (ZeRO-2 all-gathers its
 parameters after every step, so mixed-up gradient buckets still leave the ranks in agreement).
 
+The packed runs (DDP and ZeRO-2) put each rank's two conversations in one padding-free row
+(`processing.packing.MMMModalPackingCollator`) and must match the same unpacked reference: packing changes neither
+the loss nor the gradients.
+
 No run compiles anything inside its timer: DeepSpeed's C++ ops are built first (a fresh machine has none), and
 each run must load no other op (ZeRO-3 used to JIT-build FusedAdam there, which timed out on a fresh machine).
 """
@@ -134,10 +138,10 @@ def run_bounded(command, timeout_s: int, log_path: Path, **kwargs) -> tuple:
     return process.returncode, log_path.read_text()
 
 
-def run_two_ranks(mode, checkpoint, rows_path, out):
+def run_two_ranks(mode, checkpoint, rows_path, out, packed: bool = False):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(REPO / "tests" / "_dist_train.py"), "--checkpoint", str(checkpoint), "--rows", str(rows_path),
-               "--mode", mode, "--out", str(out)]
+               "--mode", mode, "--out", str(out)] + (["--packed"] if packed else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     code, output = run_bounded(command, TIMEOUT_S, Path(out).with_suffix(".log"), cwd=REPO, env=env)
     if code is None:
@@ -155,12 +159,16 @@ def check_no_build_in_run(result: dict, prebuilt: set):
                               "configure the run not to need them.")
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero2", "zero3"])
-def test_one_modality_per_rank_trains_in_step(mode, tiny_checkpoint, rank_rows, reference, cpu_adam_built, tmp_path):
-    result = run_two_ranks(mode, tiny_checkpoint, rank_rows[0], tmp_path / "out.json")
+@pytest.mark.parametrize("mode, packed", [("ddp", False), ("zero2", False), ("zero3", False), ("ddp", True),
+                                          ("zero2", True)], ids=["ddp", "zero2", "zero3", "ddp-packed", "zero2-packed"])
+def test_one_modality_per_rank_trains_in_step(mode, packed, tiny_checkpoint, rank_rows, reference, cpu_adam_built,
+                                              tmp_path):
+    result = run_two_ranks(mode, tiny_checkpoint, rank_rows[0], tmp_path / "out.json", packed)
     check_no_build_in_run(result, cpu_adam_built)
     rank0, rank1 = result["ranks"]
     assert rank0["seen"] == [["pixel_values"]] * STEPS and rank1["seen"] == [["input_features"]] * STEPS
+    # packed: each rank's two conversations share one row; unpacked: one row each
+    assert rank0["shapes"] == rank1["shapes"] == [[1, 2] if packed else [2, 2]] * STEPS
     assert set(rank0["params"]) == set(reference)  # towers frozen: projectors + LLM
     for name, expected in reference.items():
         assert rank0["params"][name] == rank1["params"][name], f"{mode}: {name} differs between ranks"
