@@ -18,7 +18,7 @@ import torch
 
 from .common import CLOCK, format_table
 
-BENCHMARKS = ("merge", "generation", "audio", "processor", "training", "vllm_serve", "demo_loss")
+BENCHMARKS = ("merge", "generation", "audio", "processor", "training", "packing", "vllm_serve", "demo_loss")
 
 
 def machine() -> str:

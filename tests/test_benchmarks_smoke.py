@@ -1,6 +1,6 @@
 """Smoke run of the benchmark code paths at tiny sizes: no timing assertions, only what must hold at any speed."""
 
-from benchmarks import audio, demo_loss, generation, merge, processor
+from benchmarks import audio, demo_loss, generation, merge, packing, processor
 from benchmarks.common import SIZES, Row, format_table
 
 
@@ -52,3 +52,10 @@ def test_demo_loss_rows_run_and_both_losses_agree():
 def test_table_formats():
     table = format_table([Row("b", "c", "v", 1.234, ">= 1", True), Row("b", "d", "w")])
     assert "1.23" in table and "yes" in table and table.count("\n") == 3
+
+
+def test_packing_rows_run_and_compute_fewer_tokens_for_the_same_labels():
+    row, = packing.main(quick=True)  # raises when the two collators label different tokens
+    computed = row.extra["tokens_computed"]
+    assert computed["real"] <= computed["packed"] < computed["TRL padded"], computed
+    assert row.extra["labelled_tokens"] > 0 and row.ratio > 0
