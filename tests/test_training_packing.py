@@ -64,9 +64,13 @@ def loss_and_grads(model, batch, fused: bool = False):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("stage, row_length", [(1, "longest"), (2, "longest"), (2, "max_length")])
-def test_packed_loss_and_gradients_equal_the_padded_batch(tiny, processor, rows, stage, row_length):
+@pytest.mark.parametrize("stage, row_length, attention", [(1, "longest", "sdpa"), (2, "longest", "sdpa"),
+                                                         (2, "max_length", "sdpa"), (2, "longest", "eager")])
+def test_packed_loss_and_gradients_equal_the_padded_batch(tiny, processor, rows, stage, row_length, attention):
     model = training_model(tiny, stage)
+    if attention != model.model.language_model.config._attn_implementation:
+        model.set_attn_implementation(attention)
+    assert model.model.language_model.config._attn_implementation == attention
     padded = MMMModalDataCollator(processor, max_length=512)(rows)
     packed = MMMModalPackingCollator(processor, max_length=512, row_length=row_length)(rows)
     assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # fewer rows...
