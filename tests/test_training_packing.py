@@ -64,13 +64,19 @@ def loss_and_grads(model, batch, fused: bool = False):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("stage, row_length, attention", [(1, "longest", "sdpa"), (2, "longest", "sdpa"),
-                                                         (2, "max_length", "sdpa"), (2, "longest", "eager")])
-def test_packed_loss_and_gradients_equal_the_padded_batch(tiny, processor, rows, stage, row_length, attention):
+@pytest.mark.parametrize("stage, row_length, attention, checkpointing", [
+    (1, "longest", "sdpa", False), (2, "longest", "sdpa", False), (2, "max_length", "sdpa", False),
+    (2, "longest", "eager", False), (2, "longest", "sdpa", True),  # the recipes train with gradient checkpointing
+])
+def test_packed_loss_and_gradients_equal_the_padded_batch(tiny, processor, rows, stage, row_length, attention,
+                                                          checkpointing):
     model = training_model(tiny, stage)
     if attention != model.model.language_model.config._attn_implementation:
         model.set_attn_implementation(attention)
     assert model.model.language_model.config._attn_implementation == attention
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        assert model.model.language_model.is_gradient_checkpointing
     padded = MMMModalDataCollator(processor, max_length=512)(rows)
     packed = MMMModalPackingCollator(processor, max_length=512, row_length=row_length)(rows)
     assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # fewer rows...
