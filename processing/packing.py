@@ -71,26 +71,25 @@ def unit_positions(unit: dict) -> torch.Tensor:
     return torch.arange(len(unit["input_ids"]))
 
 
-def _is_packed(unit: dict) -> bool:
-    """True for a unit that holds several sequences already (its positions restart)."""
-    return bool((unit_positions(unit)[1:] == 0).any())
+def check_units(units: list[dict], positions: list[torch.Tensor], max_length: int) -> None:
+    """Raise a ValueError naming the rows: a mix of packed and unpacked units, bad positions, or a unit too long.
 
-
-def check_units(units: list[dict], max_length: int) -> None:
-    """Raise a ValueError naming the rows: a mix of packed and unpacked units, bad positions, or a unit too long."""
-    packed = [u["name"] for u in units if _is_packed(u)]
-    if packed and len(packed) < len(units):
-        single = [u["name"] for u in units if not _is_packed(u)]
+    `positions`: each unit's `unit_positions`; a unit whose positions restart holds several sequences (is packed).
+    """
+    packed = [bool((p[1:] == 0).any()) for p in positions]
+    if any(packed) and not all(packed):
+        names = {kind: ", ".join(u["name"] for u, is_packed in zip(units, packed) if is_packed == kind)
+                 for kind in (True, False)}
         raise ValueError(
-            f"This batch mixes packed rows ({', '.join(packed)}: several conversations, positions restarting) with "
-            f"unpacked ones ({', '.join(single)}). A batch is packed or not, never both: pack the dataset's rows "
+            f"This batch mixes packed rows ({names[True]}: several conversations, positions restarting) with "
+            f"unpacked ones ({names[False]}). A batch is packed or not, never both: pack the dataset's rows "
             "all the same way (or give conversations only, which the packing collator packs itself).")
-    for unit in units:
-        positions, n = unit_positions(unit), len(unit["input_ids"])
-        steps = positions[1:] - positions[:-1]
-        if len(positions) != n or (n and positions[0] != 0) or bool(((steps != 1) & (positions[1:] != 0)).any()):
+    for unit, unit_pos in zip(units, positions):
+        n = len(unit["input_ids"])
+        steps = unit_pos[1:] - unit_pos[:-1]
+        if len(unit_pos) != n or (n and unit_pos[0] != 0) or bool(((steps != 1) & (unit_pos[1:] != 0)).any()):
             raise ValueError(f"{unit['name']}: its position_ids must count 0, 1, 2, ... from the start of each "
-                             f"sequence it holds (got {positions.tolist()[:12]}... for {n} tokens).")
+                             f"sequence it holds (got {unit_pos.tolist()[:12]}... for {n} tokens).")
         if len(unit.get("labels", unit["input_ids"])) != n:
             raise ValueError(f"{unit['name']}: labels and input_ids differ in length.")
         if n > max_length:
@@ -118,7 +117,8 @@ def pack_rows(units: list[dict], max_length: int, pad_token_id: int, row_length:
     """
     if row_length not in ROW_LENGTHS:
         raise ValueError(f"row_length must be one of {ROW_LENGTHS}, got {row_length!r}.")
-    check_units(units, max_length)
+    positions = [unit_positions(unit) for unit in units]
+    check_units(units, positions, max_length)
     lengths = [len(unit["input_ids"]) for unit in units]
     capacity = max(lengths) if row_length == "longest" else max_length
     plan = plan_rows(lengths, capacity)
@@ -133,7 +133,7 @@ def pack_rows(units: list[dict], max_length: int, pad_token_id: int, row_length:
                                            + [torch.full((fill,), pad_token_id)]))
         rows["labels"].append(torch.cat([torch.as_tensor(u.get("labels", u["input_ids"])).flatten() for u in parts]
                                         + [torch.full((fill,), -100)]))
-        rows["position_ids"].append(torch.cat([unit_positions(u) for u in parts] + [torch.arange(fill)]))
+        rows["position_ids"].append(torch.cat([positions[i] for i in row] + [torch.arange(fill)]))
     batch = {key: torch.stack(values).long() for key, values in rows.items()}
     batch["labels"][batch["position_ids"] == 0] = -100  # nothing predicts a sequence's first token
     flat = batch["position_ids"].flatten()
