@@ -596,10 +596,8 @@ class MMMModalProcessor(ProcessorMixin):
         kwargs["processor_kwargs"] = {"add_special_tokens": False, **(kwargs.get("processor_kwargs") or {})}
         if not (kwargs.get("return_dict") and kwargs.get("return_assistant_tokens_mask")):
             return super().apply_chat_template(conversation, chat_template, **kwargs)
-        return_tensors = kwargs.pop("return_tensors", None)
-        if isinstance(kwargs.get("processor_kwargs"), dict):
-            kwargs["processor_kwargs"] = dict(kwargs["processor_kwargs"])
-            return_tensors = kwargs["processor_kwargs"].pop("return_tensors", return_tensors)
+        # Tensors are made after the mask walk; `processor_kwargs` is this call's own copy, so popping is safe.
+        return_tensors = kwargs["processor_kwargs"].pop("return_tensors", kwargs.pop("return_tensors", None))
         out = super().apply_chat_template(conversation, chat_template, **kwargs)
         never = {self.image_token_id, self.image_start_token_id, self.image_end_token_id,
                  self.audio_token_id, self.audio_start_token_id, self.audio_end_token_id}
