@@ -71,6 +71,18 @@ def _cache_kwargs(past_key_values, kwargs: dict) -> dict:
     return {CACHE_KWARG: past_key_values if past_key_values is not None else cache}
 
 
+def _with_pooler_output(tower_outputs, pooler_output) -> BaseModelOutputWithPooling:
+    """A tower's output with the projected features as `pooler_output`. A new output rather than setting the field on
+    the tower's: a field set after the fact goes last in `to_tuple()` (`return_dict=False`), where the field order is
+    wanted."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=tower_outputs.last_hidden_state,
+        pooler_output=pooler_output,
+        hidden_states=tower_outputs.hidden_states,
+        attentions=tower_outputs.attentions,
+    )
+
+
 class MMMModalMultiModalProjector(nn.Module):
     """The LLaVA projector: Linear -> GELU -> Linear, vision width to LLM width (same parameter names as LLaVA)."""
 
@@ -181,14 +193,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
         selected = image_outputs.hidden_states[self.config.vision_feature_layer]  # (N, P, C_vision)
         image_features = self.multi_modal_projector(selected)  # (N, P, C_text)
-        # A new output rather than setting `pooler_output` on the tower's: a field set after the fact goes last in
-        # `to_tuple()` (`return_dict=False`), where the field order is wanted.
-        return BaseModelOutputWithPooling(
-            last_hidden_state=image_outputs.last_hidden_state,
-            pooler_output=tuple(image_features),
-            hidden_states=image_outputs.hidden_states,
-            attentions=image_outputs.attentions,
-        )
+        return _with_pooler_output(image_outputs, tuple(image_features))
 
     @can_return_tuple
     def get_audio_features(
@@ -220,14 +225,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
             mel_lengths = input_features_mask.sum(-1).to(selected.device)
         lengths = audio_token_lengths(mel_lengths, self.config.audio_projector_kernel_size, self.config.audio_projector_stride)
         keep = torch.arange(audio_features.shape[1], device=selected.device)[None, :] < lengths[:, None]
-        # A new output rather than setting `pooler_output` on the tower's: a field set after the fact goes last in
-        # `to_tuple()` (`return_dict=False`), where the field order is wanted.
-        return BaseModelOutputWithPooling(
-            last_hidden_state=audio_outputs.last_hidden_state,
-            pooler_output=torch.split(audio_features[keep], lengths.tolist()),
-            hidden_states=audio_outputs.hidden_states,
-            attentions=audio_outputs.attentions,
-        )
+        return _with_pooler_output(audio_outputs, torch.split(audio_features[keep], lengths.tolist()))
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, token_id: int, features: torch.Tensor, name: str):
         """Boolean mask (B, S, 1) of the `name` pad tokens; raises if their count differs from the features'."""
