@@ -31,6 +31,14 @@ logger = logging.get_logger(__name__)
 MEDIA_KINDS = ("image", "audio")
 
 
+def _source(part: dict):
+    """The image or clip a media part carries or points at; `ValueError` for a part that names none."""
+    source = media_source(part)
+    if source is None:
+        raise ValueError(f"The {part['type']} part {part!r} names no source: give it a `path` or a `url`.")
+    return source
+
+
 def conversation_media(messages: list[dict]) -> tuple[list, list]:
     """Images and audio clips of `messages`, each in placeholder order."""
     found = {kind: [] for kind in MEDIA_KINDS}
@@ -38,10 +46,7 @@ def conversation_media(messages: list[dict]) -> tuple[list, list]:
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
             if part.get("type") in found:
-                source = media_source(part)
-                if source is None:
-                    raise ValueError(f"The {part['type']} part {part!r} names no source: give it a `path` or a `url`.")
-                found[part["type"]].append(source)
+                found[part["type"]].append(_source(part))
     return found["image"], found["audio"]
 
 
@@ -129,10 +134,7 @@ class ChatSession:
             if kind == "text":
                 parts.append(({"type": "text", "text": part["text"]}, None))
             elif kind in MEDIA_KINDS:
-                source = media_source(part)
-                if source is None:
-                    raise ValueError(f"The {kind} part {part!r} names no source: give it a `path` or a `url`.")
-                parts.append(self._read_media(kind, source, f"{kind} part {number} of the turn"))
+                parts.append(self._read_media(kind, _source(part), f"{kind} part {number} of the turn"))
             else:
                 raise ValueError(f"Content part {number} has type {kind!r}: expected text, image or audio.")
         return parts
