@@ -1,6 +1,6 @@
 """One tiny stage-2 training run, launched by `benchmarks.training` (alone or under `accelerate launch`).
 
-Builds the tiny model, trains it with `transformers.Trainer` and `processing.collate.MMMModalDataCollator` on
+Builds the tiny model, trains it with `transformers.Trainer` and `mmmmodal.training.collate.MMMModalDataCollator` on
 synthetic rows for a few steps, and writes the steady-state samples/s (steps after the first two) as JSON.
 """
 
@@ -35,7 +35,7 @@ def main():
     torch.set_num_threads(1)
 
     from mmmmodal.tiny import build_tiny
-    from processing.collate import MMMModalDataCollator
+    from mmmmodal.training.collate import MMMModalDataCollator
 
     from .processor import make_rows
 

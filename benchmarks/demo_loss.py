@@ -23,7 +23,7 @@ def demo_model_and_batches(folder: Path, batch_size: int, n_batches: int, seed: 
     from mmmmodal.demo.run import build_model
     from mmmmodal.demo.settings import DemoArguments, DemoSettings
     from mmmmodal.demo.stream import stream_rows
-    from processing.collate import MMMModalDataCollator
+    from mmmmodal.training.collate import MMMModalDataCollator
 
     model, processor, _, _ = build_model(folder, DemoSettings(), DemoArguments(str(folder), seed=seed))
     model.set_training_stage(2)

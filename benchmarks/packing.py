@@ -5,7 +5,7 @@ else a clip, short 1-5 s or long 10-30 s alike), at the paper's token counts (Si
 real 30 s Whisper windows: 487 tokens for 30 s). Both contenders take the same batches of rows in TRL's vision form:
 - `TRL padded`: `trl.trainer.sft_trainer.DataCollatorForVisionLanguageModeling` (what `trl sft` runs on vision
   rows: every row padded to the batch's longest);
-- `packed`: `processing.packing.MMMModalPackingCollator` (sdpa: rows no wider than the batch's longest
+- `packed`: `mmmmodal.training.packing.MMMModalPackingCollator` (sdpa: rows no wider than the batch's longest
   conversation, as few as the total needs).
 A timed step is what `SFTTrainer` does per batch: collate (chat template, media from disk, features), then forward
 through TRL's fused LM head, backward and an AdamW step on the stage-2 parameters (projectors + LLM). Both label the
@@ -69,7 +69,7 @@ def paper_mix_rows(folder: Path, n_rows: int, seed: int = 0) -> list[dict]:
 
 def run(size: Size = SIZE, batch_size: int = 8, n_batches: int = 4, repeats: int = 3, max_length: int = 4096,
         seed: int = 0) -> list[Row]:
-    from processing.packing import MMMModalPackingCollator
+    from mmmmodal.training.packing import MMMModalPackingCollator
 
     processor = build_processor(size)
     model = build_model(size, processor=processor, training_stage=2).train()

@@ -1,7 +1,7 @@
 """Benchmark 4: processor and collator throughput (samples/s) on mixed rows, and their peak memory.
 
 Rows mix 1-3 media each (an image with probability 0.6, else a 1-5 s clip), as the paper's combined data does.
-- `collator`: `processing.collate.MMMModalDataCollator` (TRL's vision collator + row checks + span masking) on
+- `collator`: `mmmmodal.training.collate.MMMModalDataCollator` (TRL's vision collator + row checks + span masking) on
   rows in TRL's vision form, batches of 8: chat template, media loading from disk, features, labels.
 - `processor`: `MMMModalProcessor.__call__` alone on the same batches, media already decoded: tokenization,
   span expansion and feature extraction.
@@ -148,7 +148,7 @@ def run(n_rows: int = 1000) -> list[Row]:
                                                        clips),
         }
         try:
-            from processing.collate import MMMModalDataCollator
+            from mmmmodal.training.collate import MMMModalDataCollator
 
             collator = MMMModalDataCollator(processor)
             chunks = [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]

@@ -1,6 +1,6 @@
 """Benchmark 5: samples/s of a tiny stage-2 training run, one process vs two processes under DeepSpeed ZeRO-2.
 
-Each run is `benchmarks._train_worker` (Trainer + `processing.collate.MMMModalDataCollator`, stage 2 of the tiny
+Each run is `benchmarks._train_worker` (Trainer + `mmmmodal.training.collate.MMMModalDataCollator`, stage 2 of the tiny
 model) in a subprocess; the ZeRO-2 run goes through `accelerate launch` with the repository's
 `examples/deepspeed/zero2_offload.json` (optimizer offloaded to CPU, as in the paper), 2 processes, gloo on CPU.
 Wall clock (the two processes share the machine's cores), steady state: the first two steps are not counted.

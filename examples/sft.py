@@ -7,7 +7,7 @@
 #     "deepspeed==0.19.8",
 # ]
 # ///
-"""Stage 1 or stage 2 of MMMModal with TRL's SFTTrainer, on rows in any of the three forms (see processing.collate).
+"""Stage 1 or stage 2 of MMMModal with TRL's SFTTrainer, on rows in any of the three forms (see processing.rows).
 
 `trl sft` does the same on rows already in TRL's vision form; this script also takes chat-message rows and the
 paper's records (checked, bad rows named or skipped), and adds `--training_stage` and LoRA defaults.
@@ -40,8 +40,9 @@ from datasets import load_dataset
 from transformers import AutoProcessor
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from processing.collate import MMMModalDataCollator, prepare_dataset
-from processing.packing import MMMModalPackingCollator
+from mmmmodal.training.collate import MMMModalDataCollator
+from processing.rows import prepare_dataset
+from mmmmodal.training.packing import MMMModalPackingCollator
 
 LLM_LINEAR = r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 

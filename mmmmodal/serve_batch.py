@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from processing.collate import pad_batch
+from mmmmodal.training.padding import pad_batch
 
 from .serve_request import Sampling
 

@@ -1,4 +1,4 @@
-"""Paper records -> training rows (TRL's vision form, see processing/collate.py) and `datasets.Dataset`.
+"""Paper records -> training rows (TRL's vision form, see processing/rows.py) and `datasets.Dataset`.
 
 Paper record: `{"id"?, "filename": [...], "filename_description"?: [...], "conversations" or "chat":
 [{"role", "content", "content_ms"?}], "filename_type"?: [...]}` with `<image>` / `<audio>` markers in

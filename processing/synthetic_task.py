@@ -2,7 +2,7 @@
 
 A conversation is first sampled as a plain spec (media attributes, which turn shows which media,
 one question per turn), then rendered: media files are written and the row is built in TRL's vision
-form (`messages` + `images`, what `processing.collate.to_training_row` gives), plus `qtypes` /
+form (`messages` + `images`, what `processing.rows.to_training_row` gives), plus `qtypes` /
 `answers` / `verdicts` (a comparison's one-word verdict inside its explained answer) per assistant
 turn for scoring.
 

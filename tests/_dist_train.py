@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 2 tests/_dist_train.py --checkpoint CKPT --rows ROWS.json --mode zero2 --out OUT.json
 
-`--packed` builds the batches with `processing.packing.MMMModalPackingCollator` (a rank's conversations in one
+`--packed` builds the batches with `mmmmodal.training.packing.MMMModalPackingCollator` (a rank's conversations in one
 padding-free row) instead of `MMMModalDataCollator`.
 
 `ROWS.json` holds `{"0": [batch, batch, ...], "1": [...]}`: rank r trains on its own list of batches (rank 0 only
@@ -26,8 +26,8 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from processing.collate import MMMModalDataCollator  # noqa: E402
-from processing.packing import MMMModalPackingCollator  # noqa: E402
+from mmmmodal.training.collate import MMMModalDataCollator  # noqa: E402
+from mmmmodal.training.packing import MMMModalPackingCollator  # noqa: E402
 
 LR = 1e-3
 

@@ -6,6 +6,8 @@ rules the layout keeps.
   or a lower one, never upward.
 - **No circles.** No two project modules import each other, directly or through others. Imports inside functions
   count too: a lazy import hides a circle from Python's import machinery, not from a reader.
+- **Deprecated aliases** (`DEPRECATED`: old paths that re-export code which moved, with a FutureWarning) may import
+  upward, since the code they name now lives higher up; no project module imports them.
 
     python tests/_import_layers.py        # prints every upward import and every circle; exits 1 if there is one
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = {"modeling_mmmmodal": 0, "processing": 1, "mmmmodal": 2, "benchmarks": 3, "examples": 3, "tests": 4}
+DEPRECATED = {"processing.collate": "mmmmodal.training", "processing.packing": "mmmmodal.training.packing"}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -70,8 +73,13 @@ def layer(module: str) -> int:
     return LAYERS[module.split(".")[0]]
 
 
-def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
-    return sorted((a, b) for a, targets in graph.items() for b in targets if layer(b) > layer(a))
+def upward_imports(graph: dict[str, set[str]], deprecated=DEPRECATED) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, targets in graph.items() for b in targets if layer(b) > layer(a) and a not in deprecated)
+
+
+def deprecated_imports(graph: dict[str, set[str]], deprecated=DEPRECATED) -> list[tuple[str, str]]:
+    """Project modules that still import an old path instead of where its code lives now."""
+    return sorted((a, b) for a, targets in graph.items() for b in targets if b in deprecated)
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -107,14 +115,16 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def main() -> int:
     graph = import_graph()
-    upward, groups = upward_imports(graph), circles(graph)
+    upward, groups, old = upward_imports(graph), circles(graph), deprecated_imports(graph)
     for a, b in upward:
         print(f"upward: {a} (layer {layer(a)}) imports {b} (layer {layer(b)})")
+    for a, b in old:
+        print(f"deprecated: {a} imports {b} (now {DEPRECATED[b]})")
     for group in groups:
         print("circle: " + " <-> ".join(group))
     print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports: "
-          f"{len(upward)} upward, {len(groups)} circle(s)")
-    return 1 if upward or groups else 0
+          f"{len(upward)} upward, {len(groups)} circle(s), {len(old)} of a deprecated path")
+    return 1 if upward or groups or old else 0
 
 
 if __name__ == "__main__":

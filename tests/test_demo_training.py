@@ -11,7 +11,7 @@ from mmmmodal.demo.batching import CachingCollator, ShuffledLengthBatches
 from mmmmodal.demo.loss import labelled_loss
 from mmmmodal.demo.stream import stream_rows
 from mmmmodal.demo.train import lr_factor
-from processing.collate import MMMModalDataCollator
+from mmmmodal.training.collate import MMMModalDataCollator
 
 
 def _rows(n: int, seed: int = 0) -> list[dict]:

@@ -4,7 +4,8 @@ import pytest
 import torch
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from processing.collate import MMMModalDataCollator, to_training_row
+from mmmmodal.training.collate import MMMModalDataCollator
+from processing.rows import to_training_row
 from tests._training_rows import audio_row, image_row
 
 
@@ -133,7 +134,7 @@ def test_skip_bad_rows_counts_and_keeps_the_good_ones(processor, media_files):
 def test_prepare_dataset_names_bad_rows_or_skips_them_counted(media_files, caplog):
     from datasets import Dataset
 
-    from processing.collate import prepare_dataset
+    from processing.rows import prepare_dataset
 
     paper = two_turn_rows(media_files)[2]
     bad = {**paper, "id": "one-file-short", "filename": paper["filename"][:2]}

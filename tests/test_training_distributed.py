@@ -6,8 +6,8 @@ ranks' losses: identical parameters alone do not prove the gradients were right 
 parameters after every step, so mixed-up gradient buckets still leave the ranks in agreement).
 
 The packed runs (DDP and ZeRO-2) put each rank's two conversations in one padding-free row
-(`processing.packing.MMMModalPackingCollator`) and must match the same unpacked reference: packing changes neither
-the loss nor the gradients.
+(`mmmmodal.training.packing.MMMModalPackingCollator`) and must match the same unpacked reference: packing changes
+neither the loss nor the gradients.
 
 No run compiles anything inside its timer: DeepSpeed's C++ ops are built first (a fresh machine has none), and
 each run must load no other op (ZeRO-3 used to JIT-build FusedAdam there, which timed out on a fresh machine).
@@ -25,7 +25,7 @@ import psutil
 import pytest
 import torch
 
-from processing.collate import MMMModalDataCollator
+from mmmmodal.training.collate import MMMModalDataCollator
 from tests._training_rows import audio_row, image_row
 
 REPO = Path(__file__).resolve().parents[1]

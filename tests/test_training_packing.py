@@ -1,5 +1,5 @@
-"""Padding-free packing (processing.packing): the same loss and gradients as the padded batch, attention that never
-crosses a conversation, whole media spans, and what bad input gets."""
+"""Padding-free packing (mmmmodal.training.packing): the same loss and gradients as the padded batch, attention that
+never crosses a conversation, whole media spans, and what bad input gets."""
 
 import copy
 import importlib.util
@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from trl.trainer.utils import add_fused_lm_head
 
-from processing.collate import MMMModalDataCollator
-from processing.packing import MMMModalPackingCollator, pack_rows, plan_rows
+from mmmmodal.training.collate import MMMModalDataCollator
+from mmmmodal.training.packing import MMMModalPackingCollator, pack_rows, plan_rows
 from tests._training_rows import audio_row, image_row, mixed_row, write_dataset
 from tests.conftest import random_audio
 from tests.test_training_distributed import run_bounded

@@ -7,7 +7,7 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTConfig, SFTTrainer
 
-from processing.collate import MMMModalDataCollator
+from mmmmodal.training.collate import MMMModalDataCollator
 from tests._training_rows import mixed_rows
 from tests._weights import changed_parts, part_of
 

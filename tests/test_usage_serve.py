@@ -202,7 +202,7 @@ def test_bad_requests_get_400_with_a_reason_and_the_server_goes_on(served, media
 
 
 def test_requests_are_left_padded_with_media_in_order():
-    from processing.collate import pad_batch
+    from mmmmodal.training.padding import pad_batch
 
     rows = [
         {"input_ids": torch.tensor([5, 6, 7]), "pixel_values": torch.zeros(1, 3, 4, 4)},

@@ -2,8 +2,8 @@
 
 Stage 1 revisits its caption rows for several epochs on 2 CPU cores, where rendering the chat template, the
 assistant mask and Whisper's log-mel features of a batch costs as much as the model's step. The rows never
-change, so `CachingCollator` collates each row once (with `processing.collate.MMMModalDataCollator`) and builds
-later batches from the cache with `processing.collate.pad_batch`, padded as the collator pads (right side: pad
+change, so `CachingCollator` collates each row once (with `mmmmodal.training.collate.MMMModalDataCollator`) and builds
+later batches from the cache with `mmmmodal.training.padding.pad_batch`, padded as the collator pads (right side: pad
 token, attention 0, label -100). Keep it in a persistent dataloader worker so the cache survives epochs.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import Sampler
 
-from processing.collate import pad_batch
+from mmmmodal.training.padding import pad_batch
 
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "labels")
 

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from processing.collate import MMMModalDataCollator
+from mmmmodal.training.collate import MMMModalDataCollator
 
 from .batching import CachingCollator, ShuffledLengthBatches
 from .loss import labelled_loss
