@@ -20,7 +20,7 @@ COMMANDS = {
     "build": "mmmmodal.build",
     "demo": "mmmmodal.demo",
     "chat": "mmmmodal.chat",
-    "serve": "mmmmodal.serve",
+    "serve": "mmmmodal.serve.cli",
     "publish": "mmmmodal.publish",
     "data": "mmmmodal.data",
 }

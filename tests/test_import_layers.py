@@ -50,7 +50,7 @@ def test_the_checker_finds_an_upward_import_and_a_lazy_circle(tmp_path):
 def test_the_server_and_the_padding_import_no_training_stack():
     """`mmmmodal serve` pads with `mmmmodal.training.padding`, which needs torch alone: starting the server imports
     neither TRL nor DeepSpeed nor PEFT (TRL alone took most of the server's import time)."""
-    code = ("import sys, mmmmodal.serve, mmmmodal.training.padding; "
+    code = ("import sys, mmmmodal.serve.cli, mmmmodal.training.padding; "
             "print(sorted(m for m in ('trl', 'deepspeed', 'peft') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

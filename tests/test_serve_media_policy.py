@@ -1,4 +1,4 @@
-"""The server's media policy (`mmmmodal.media`): local roots, URL fetches checked per hop, and size caps."""
+"""The server's media policy (`mmmmodal.serve.media`): local roots, URL fetches checked per hop, and size caps."""
 
 import base64
 import os
@@ -8,7 +8,7 @@ import pytest
 
 from _bad_media import huge_png, png_bytes, silent_flac, wav_bytes
 from _media_server import media_server
-from mmmmodal.media import MediaError, MediaPolicy, read_bytes, read_media
+from mmmmodal.serve.media import MediaError, MediaPolicy, read_bytes, read_media
 
 WHERE = "messages[0].content[0] (image_url)"
 

@@ -17,9 +17,9 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from mmmmodal.media import MediaPolicy
-from mmmmodal.serve import encode_request
-from mmmmodal.serve_request import Sampling, parse_request
+from mmmmodal.serve.media import MediaPolicy
+from mmmmodal.serve.request import encode_request
+from mmmmodal.serve.request import Sampling, parse_request
 from mmmmodal.tiny import TinySizes, build_tiny_checkpoint
 
 openai = pytest.importorskip("openai")

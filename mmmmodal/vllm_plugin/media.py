@@ -2,7 +2,7 @@
 
 vLLM's own connector hands a clip libsndfile cannot decode (a truncated WAV, say) up as an uncaught
 `LibsndfileError`, which the server answers with HTTP 500 (and the official `openai` client retries twice). This one
-decodes audio with `mmmmodal.media.decode_audio`, the decoder of `mmmmodal serve`: libsndfile, mono, resampled to
+decodes audio with `mmmmodal.serve.media.decode_audio`, the decoder of `mmmmodal serve`: libsndfile, mono, resampled to
 Whisper's 16 kHz with soxr, over-long clips stopped while they decode. Every failure is a `ValueError` naming the
 reason, which vLLM answers with 400. Fetching (data URLs, http(s) under `--allowed-media-domains`, files under
 `--allowed-local-media-path`) and images stay vLLM's.
@@ -14,7 +14,7 @@ import vllm.envs as envs
 from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
 from vllm.multimodal.media.audio import AudioMediaIO
 
-from mmmmodal.media import MediaPolicy, decode_audio
+from mmmmodal.serve.media import MediaPolicy, decode_audio
 
 NAME = "mmmmodal"
 WHISPER_SAMPLING_RATE = 16000  # the only rate a Whisper feature extractor takes

@@ -1,4 +1,5 @@
-"""Reading an OpenAI chat-completions request body for `mmmmodal serve`: every field is checked, none ignored.
+"""Reading an OpenAI chat-completions request body for `mmmmodal serve`: every field is checked, none ignored; then
+`encode_request` reads its media under the media policy and renders the conversation into model inputs.
 
 `parse_request` turns the JSON body into a `ChatRequest` or raises `RequestError` (HTTP 400 unless said otherwise)
 naming what is wrong. Fields this server implements: `messages`, `model`, `max_completion_tokens` / `max_tokens`,
@@ -10,9 +11,10 @@ named. Sampling parameters a request leaves out come from the checkpoint's `gene
 
 from dataclasses import dataclass, field
 
+from .media import AUDIO_FORMATS, MediaPolicy, read_media
+
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 PART_KEYS = {"text": {"text"}, "image_url": {"image_url"}, "input_audio": {"input_audio"}, "audio_url": {"audio_url"}}
-AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 MAX_N = 8
 MAX_STOP = 4
 
@@ -239,3 +241,34 @@ def _media_source(part: dict, kind: str, where: str) -> tuple[str, str]:
         raise RequestError(f"{where}: `{kind}` needs a `url` (http(s) URL, data: URI, base64 or path).",
                            param="messages")
     return ("image" if kind == "image_url" else "audio"), source
+
+
+def encode_request(processor, request, policy: MediaPolicy, limit: int | None, default_max_new_tokens: int):
+    """Read the media under `policy`, render and tokenize the conversation; returns (model inputs, answer budget)."""
+    rate = processor.feature_extractor.sampling_rate
+    images, audio = [], []
+    try:
+        for modality, source, where in request.media:
+            loaded = read_media(modality, source, policy, where, rate)
+            if modality == "image":
+                images.append(processor.load_image(loaded, where))
+            else:
+                audio.append(processor.load_audio(loaded, rate, where))
+        text = processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        # the rendered template carries its own special tokens (a bos, where the template writes one)
+        inputs = processor(text=text, images=images or None, audio=audio or None, add_special_tokens=False,
+                           return_tensors="pt")
+    except ValueError as error:
+        raise RequestError(str(error)[:1000], param="messages") from None
+    prompt, asked = inputs["input_ids"].shape[1], request.max_tokens
+    budget = asked if asked is not None else default_max_new_tokens
+    if limit is not None:
+        if prompt >= limit or (asked is not None and prompt + asked > limit):
+            raise RequestError(
+                f"The conversation does not fit the model's context: its text and media take {prompt} tokens"
+                f"{f' and max_tokens asks for {asked} more' if asked else ''}, but the model holds {limit}. "
+                "Send fewer or shorter images and audio clips, fewer turns, or a smaller max_tokens.",
+                param="messages",
+            )
+        budget = min(budget, limit - prompt)
+    return dict(inputs), budget

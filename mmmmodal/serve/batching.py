@@ -22,7 +22,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from mmmmodal.training.padding import pad_batch
 
-from .serve_request import Sampling
+from .request import Sampling
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 import numpy as np
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # decoders PIL runs here; no EPS (Ghostscript) etc.
-AUDIO_FORMATS = "WAV, FLAC, OGG/Opus or MP3"  # what libsndfile decodes
+AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")  # what libsndfile decodes here (ogg: Vorbis or Opus), and so the
+# `input_audio` formats a request may name
 REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 1 << 16
 
@@ -317,7 +318,8 @@ def decode_audio(data: bytes, policy: MediaPolicy, name: str, sampling_rate: int
     try:
         file = sf.SoundFile(io.BytesIO(data))
     except Exception:
-        raise MediaError(f"Could not read the audio {name}: not a {AUDIO_FORMATS} file libsndfile can decode.") from None
+        kinds = ", ".join(kind.upper() for kind in AUDIO_FORMATS)
+        raise MediaError(f"Could not read the audio {name}: not a {kinds} file libsndfile can decode.") from None
     with file:
         rate, limit = file.samplerate, policy.max_audio_seconds
         if not 0 < rate <= 384_000:
