@@ -1,5 +1,8 @@
 """Smoke run of the benchmark code paths at tiny sizes: no timing assertions, only what must hold at any speed."""
 
+import pytest
+import torch
+
 from benchmarks import audio, demo_loss, generation, merge, packing, processor
 from benchmarks.common import SIZES, Row, format_table
 
@@ -9,11 +12,15 @@ def test_llava_and_naive_logits_match_ours():
     assert parity["llava"] < 1e-5 and parity["naive"] < 1e-5, parity
 
 
-def test_merge_rows_report_every_contender():
+def test_merge_rows_report_every_contender_and_their_logits_match():
     rows = merge.run([SIZES["tiny"]], batch=2, media_counts=(2,), repeats=1)
+    parity = next(r for r in rows if "logits vs LLaVA / naive" in r.case)
+    assert parity.met, parity.value  # the contenders timed are the same computation
     speeds = next(r.extra["tokens_per_s"] for r in rows if "tokens_per_s" in r.extra)
     assert set(speeds) == {"mmmmodal", "llava", "naive", "mmmmodal+audio"}
     assert all(v > 0 for v in speeds.values())
+    versus_llava = next(r for r in rows if r.case.endswith(": vs LLaVA"))
+    assert versus_llava.ratio == pytest.approx(speeds["mmmmodal"] / speeds["llava"])
 
 
 def test_audio_tokens_are_proportional_to_duration():
@@ -36,10 +43,31 @@ def test_chat_turn_encodes_only_new_media_and_cache_matches_length():
     assert encoded.met, encoded.value
 
 
+def test_processor_contenders_compute_the_same_batches(tmp_path):
+    """Each ratio compares two ways of computing one thing: the log-mel over the real samples equals the padded
+    computation, and the collator's list-offset mask walk gives transformers' mask walk's batch, labels included."""
+    proc = processor.build_processor(processor.Size("p", hidden=32, layers=1, heads=2, audio_window_s=3))
+    padded = processor.with_padded_log_mel(proc)
+    for batch in processor.clip_batches(12)[:2]:
+        ours, peer = (p(**batch, padding=True, return_tensors="pt") for p in (proc, padded))
+        assert torch.equal(ours["input_ids"], peer["input_ids"])
+        assert torch.allclose(ours["input_features"], peer["input_features"], atol=1e-5)
+    from mmmmodal.training.collate import MMMModalDataCollator
+
+    chunk = processor.multi_turn(processor.make_rows(tmp_path, 4))
+    ours = MMMModalDataCollator(proc)(chunk)
+    peer = MMMModalDataCollator(processor.with_base_mask_walk(proc))(chunk)
+    assert (ours["labels"] != -100).any()
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(ours[key], peer[key]), key
+
+
 def test_processor_rows_run(monkeypatch):
     monkeypatch.setattr(processor, "SIZE", processor.Size("p", hidden=32, layers=1, heads=2, audio_window_s=3))
     rows = processor.run(n_rows=16)
-    assert {r.case.split(",")[0] for r in rows} >= {"processor", "tokenizer"}
+    assert {r.case.split(",")[0] for r in rows} >= {"processor", "tokenizer", "collator"}
+    assert any(r.case.startswith("collator, 4 turns: list offsets") for r in rows)
+    assert all(r.ratio > 0 for r in rows if r.ratio is not None)
 
 
 def test_demo_loss_rows_run_and_both_losses_agree():
