@@ -6,7 +6,7 @@ import torch
 from conftest import random_audio, random_image
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from mmmmodal.tiny import build_tiny
+from mmmmodal.build import build_tiny
 from modeling_mmmmodal.configuration_mmmmodal import audio_token_lengths
 
 
@@ -330,8 +330,8 @@ def test_text_models_that_rescale_their_logits_score_as_themselves(text_type, sc
     """Soft-capping and logit scales live in each LLM's own `*ForCausalLM.forward`: MMMModal applies them too."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from mmmmodal.compose import compose_model, compose_processor
     from mmmmodal.tiny import train_tokenizer
-    from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
 
     tokenizer = train_tokenizer()
     config = AutoConfig.for_model(text_type, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -341,8 +341,8 @@ def test_text_models_that_rescale_their_logits_score_as_themselves(text_type, sc
     llm = AutoModelForCausalLM.from_config(config).eval()
     llm.save_pretrained(tmp_path / "text")
     tokenizer.save_pretrained(tmp_path / "text")
-    processor = MMMModalProcessor.from_parts(text=str(tmp_path / "text"))
-    model = MMMModalForConditionalGeneration.from_parts(text=str(tmp_path / "text"), processor=processor).eval()
+    processor = compose_processor(text=str(tmp_path / "text"))
+    model = compose_model(text=str(tmp_path / "text"), processor=processor).eval()
     ids = torch.tensor([tokenizer("What is in picture 1? A red circle.")["input_ids"]])
     with torch.no_grad():
         ours, theirs = model(input_ids=ids).logits, llm(input_ids=ids).logits

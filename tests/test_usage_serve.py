@@ -20,7 +20,8 @@ from PIL import Image
 from mmmmodal.media import MediaPolicy
 from mmmmodal.serve import encode_request
 from mmmmodal.serve_request import Sampling, parse_request
-from mmmmodal.tiny import TinySizes, build_tiny_checkpoint
+from mmmmodal.build import build_tiny_checkpoint
+from mmmmodal.tiny import TinySizes
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
