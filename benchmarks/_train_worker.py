@@ -34,7 +34,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from mmmmodal.tiny import build_tiny
+    from mmmmodal.build import build_tiny
     from mmmmodal.training.collate import MMMModalDataCollator
 
     from .processor import make_rows

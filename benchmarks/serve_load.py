@@ -248,7 +248,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=20, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=4)
     args = parser.parse_args(argv)
-    from mmmmodal.tiny import TinySizes, build_tiny_checkpoint
+    from mmmmodal.build import build_tiny_checkpoint
+    from mmmmodal.tiny import TinySizes
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_tiny_checkpoint(Path(tmp), MODEL, sizes=TinySizes(text_max_positions=256))[2]

@@ -45,7 +45,8 @@ def build_checkpoint(out_dir, max_audio_seconds: float | None = None, seed: int 
     """A tiny MMMModal whose heads are 64 wide (vLLM's CPU attention refuses the default 16); returns
     (model in eval mode, processor, checkpoint path). `max_audio_seconds` sets the clip cap of both;
     `config_kwargs` are other `MMMModalConfig` fields (feature layers, ...)."""
-    from mmmmodal.tiny import TinySizes, build_tiny
+    from mmmmodal.build import build_tiny
+    from mmmmodal.tiny import TinySizes
 
     model, processor = build_tiny(Path(out_dir) / "build", TinySizes(hidden_size=128, heads=2), seed=seed,
                                   **config_kwargs)

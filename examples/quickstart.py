@@ -2,12 +2,11 @@
 # TinyLlama/TinyLlama-1.1B-Chat-v1.0) and chat with two images and one audio clip.
 import numpy as np
 from PIL import Image
+from mmmmodal.build import build
 from mmmmodal.tiny import save_tiny_parts
-from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
 
 parts = save_tiny_parts("tiny_parts")  # {"vision": ..., "audio": ..., "text": ...}: folders laid out like hub checkpoints
-processor = MMMModalProcessor.from_parts(parts["vision"], parts["audio"], parts["text"])
-model = MMMModalForConditionalGeneration.from_parts(parts["vision"], parts["audio"], parts["text"], processor=processor)
+model, processor = build(parts["vision"], parts["audio"], parts["text"])  # their weights, the LM's own chat template
 cat, dog = Image.new("RGB", (64, 64), "orange"), Image.new("RGB", (64, 64), "brown")
 beep = np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000).astype("float32")  # 1 s at 16 kHz
 messages = [{"role": "user", "content": [{"type": "image", "image": cat}, {"type": "image", "image": dog},

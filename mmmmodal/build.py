@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+from .chat_template import CHAT_TEMPLATE
+from .tiny import TinySizes, save_tiny_parts
+
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -24,13 +27,13 @@ def build(vision=None, audio=None, text=None, dtype=None, **config_kwargs):
     """(model, processor) composed from the three sources (hub ids or local folders): the one builder.
 
     `audio_kernel_size` / `audio_stride` go to the processor (which the model then takes them from), everything
-    else to `MMMModalForConditionalGeneration.from_parts` (`mean_resizing`, feature layers, other config fields).
+    else to `compose_model` (`mean_resizing`, feature layers, other config fields).
     """
-    from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
+    from .compose import compose_model, compose_processor
 
     projector = {k: config_kwargs.pop(k) for k in ("audio_kernel_size", "audio_stride") if k in config_kwargs}
-    processor = MMMModalProcessor.from_parts(vision, audio, text, **projector)
-    model = MMMModalForConditionalGeneration.from_parts(vision, audio, text, processor=processor, dtype=dtype, **config_kwargs)
+    processor = compose_processor(vision, audio, text, **projector)
+    model = compose_model(vision, audio, text, processor=processor, dtype=dtype, **config_kwargs)
     return model, processor
 
 
@@ -42,10 +45,26 @@ def build_checkpoint(out, vision=None, audio=None, text=None, dtype=None, **conf
     return model, processor
 
 
+def build_tiny(out_dir, sizes: TinySizes | None = None, corpus=None, vision=True, audio=True, seed=0, **config_kwargs):
+    """Build a tiny MMMModal (model, processor) from freshly saved tiny parts (`mmmmodal.tiny`)."""
+    parts = save_tiny_parts(Path(out_dir) / "parts", sizes, corpus, seed)
+    return build(parts["vision"] if vision else None, parts["audio"] if audio else None, parts["text"], **config_kwargs)
+
+
+def build_tiny_checkpoint(out_dir, name: str = "checkpoint", sizes: TinySizes | None = None, **kwargs):
+    """`build_tiny`, then save model and processor as a remote-code checkpoint `out_dir/name`.
+
+    Returns (model in eval mode, processor, checkpoint path).
+    """
+    model, processor = build_tiny(Path(out_dir) / "build", sizes, **kwargs)
+    path = Path(out_dir) / name
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return model.eval(), processor, path
+
+
 def run(args) -> int:
     if args.tiny:
-        from .tiny import save_tiny_parts
-
         parts = save_tiny_parts(Path(args.out) / "parts")
         vision, audio, text = (None if args.no_vision else parts["vision"]), parts["audio"], parts["text"]
         if args.no_audio:
@@ -66,8 +85,6 @@ def run(args) -> int:
         )
     except ValueError as error:  # a part without a tokenizer, a template that cannot be extended, ...
         raise SystemExit(f"mmmmodal build: {error}") from error
-    from modeling_mmmmodal.processing_mmmmodal import CHAT_TEMPLATE
-
     n_params = sum(p.numel() for p in model.parameters())
     print(f"Saved MMMModal ({n_params / 1e6:.1f}M parameters) to {args.out}")
     if processor.chat_template == CHAT_TEMPLATE:

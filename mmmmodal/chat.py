@@ -22,8 +22,9 @@ import torch
 from transformers import DynamicCache, TextIteratorStreamer
 from transformers.utils import logging
 
-from modeling_mmmmodal.processing_mmmmodal import media_source, turn_end
+from modeling_mmmmodal.processing_mmmmodal import media_source
 
+from .chat_template import turn_end
 from .loading import add_loading_arguments, context_limit, load_checkpoint
 
 logger = logging.get_logger(__name__)

@@ -1,8 +1,8 @@
 """Tiny pretrained-style parts, built offline: a SigLIP vision tower, a Whisper model and a Llama LM.
 
 Each part is saved as a local folder laid out like its hub checkpoint (weights, config, image processor /
-feature extractor / tokenizer), so `MMMModalForConditionalGeneration.from_parts` loads them through exactly the
-code path it uses for hub ids. The tokenizer is trained locally with `tokenizers`: nothing is downloaded.
+feature extractor / tokenizer), so that `mmmmodal.build` composes a model from them through exactly the code path
+it uses for hub ids (`build_tiny` there). The tokenizer is trained locally with `tokenizers`: nothing is downloaded.
 """
 
 from dataclasses import dataclass
@@ -120,23 +120,3 @@ def save_tiny_parts(out_dir, sizes: TinySizes | None = None, corpus: list[str] |
     LlamaForCausalLM(text_config).save_pretrained(out / "text")
     tokenizer.save_pretrained(out / "text")
     return {"vision": str(out / "vision"), "audio": str(out / "audio"), "text": str(out / "text")}
-
-
-def build_tiny(out_dir, sizes: TinySizes | None = None, corpus=None, vision=True, audio=True, seed=0, **config_kwargs):
-    """Build a tiny MMMModal (model, processor) from freshly saved tiny parts."""
-    from .build import build
-
-    parts = save_tiny_parts(Path(out_dir) / "parts", sizes, corpus, seed)
-    return build(parts["vision"] if vision else None, parts["audio"] if audio else None, parts["text"], **config_kwargs)
-
-
-def build_tiny_checkpoint(out_dir, name: str = "checkpoint", sizes: TinySizes | None = None, **kwargs):
-    """`build_tiny`, then save model and processor as a remote-code checkpoint `out_dir/name`.
-
-    Returns (model in eval mode, processor, checkpoint path).
-    """
-    model, processor = build_tiny(Path(out_dir) / "build", sizes, **kwargs)
-    path = Path(out_dir) / name
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return model.eval(), processor, path

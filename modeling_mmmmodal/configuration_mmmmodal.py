@@ -144,7 +144,7 @@ class MMMModalConfig(PreTrainedConfig):
             Tokens whose embedding rows (and `lm_head` rows) train in stage 1 as well, all other rows staying frozen:
             the turn tokens the builder adds for a language model without a chat template of its own (ChatML's
             `<|im_start|>` / `<|im_end|>`), so that stage 1 can teach the model to end its answers. Set by
-            `from_parts`. (With a weight decay above 0 the optimizer would shrink the other rows too; the recipes
+            `mmmmodal.compose.compose_model`. (With a weight decay above 0 the optimizer would shrink the other rows too; the recipes
             use none.)
 
     Example:

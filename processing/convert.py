@@ -1,4 +1,4 @@
-"""Paper records -> training rows (TRL's vision form, see processing/rows.py) and `datasets.Dataset`.
+"""Paper records -> training rows (TRL's vision form; processing/rows.py, and docs/data.md, "Training rows").
 
 Paper record: `{"id"?, "filename": [...], "filename_description"?: [...], "conversations" or "chat":
 [{"role", "content", "content_ms"?}], "filename_type"?: [...]}` with `<image>` / `<audio>` markers in
@@ -71,7 +71,7 @@ def _turn_text(turn: dict, language: str, row_name, number: int) -> str:
 
 
 def record_to_row(record: dict, index: int, language: str = "en", media_root=None, check_files: bool = True) -> dict:
-    """One training row (CONTRACTS.md) from one paper record, in `language` ("en" or "ms")."""
+    """One training row (docs/data.md, "Training rows") from one paper record, in `language` ("en" or "ms")."""
     row_name = record.get("id", f"#{index}")
     turns = record.get("conversations", record.get("chat"))
     if not isinstance(turns, list) or not turns:
@@ -119,11 +119,3 @@ def convert_records(records, languages=("en",), media_root=None, check_files: bo
         logger.warning("Convert: skipped %d of %d records.", skipped, len(records))
     return rows, {"records": len(records), "rows": len(rows), "skipped": skipped}
 
-
-def to_dataset(rows: list):
-    """A `datasets.Dataset` of training rows. Arrow gives every content part the union of the part
-    keys (type/text/path), absent ones as None; the collators ignore them (CONTRACTS.md).
-    `datasets.load_dataset("json")` on the written rows keeps the parts as they are instead."""
-    import datasets
-
-    return datasets.Dataset.from_list(rows)

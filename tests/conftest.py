@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from mmmmodal.tiny import build_tiny
+from mmmmodal.build import build_tiny
 
 torch.set_num_threads(2)
 

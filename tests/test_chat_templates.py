@@ -11,12 +11,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl.chat_template_utils import is_chat_template_stop_token_trained
 
 from mmmmodal.chat import ChatSession
+from mmmmodal.chat_template import CHAT_TEMPLATE, check_extended_template, extend_chat_template, turn_end
 from mmmmodal.cli import main
+from mmmmodal.compose import compose_model, compose_processor, recorded_name
 from mmmmodal.publish import stage_repository
 from mmmmodal.tiny import save_tiny_parts
-from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
+from modeling_mmmmodal import MMMModalProcessor
 from modeling_mmmmodal.configuration_mmmmodal import CHATML_TOKENS, SPECIAL_TOKENS
-from modeling_mmmmodal.processing_mmmmodal import CHAT_TEMPLATE, check_extended_template, turn_end
 from tests._chat_shapes import SHAPES, save_shape_llm, shape_tokenizer
 
 QUESTIONS = ["What is in picture 1?", "How many beeps are in audio 1?", "Compare them."]
@@ -51,9 +52,8 @@ def built(request, towers, tmp_path_factory):
     """(shape, LLM folder, the LLM's own tokenizer and model, MMMModal processor and model) for one template shape."""
     shape = SHAPES[request.param]
     folder = save_shape_llm(shape, tmp_path_factory.mktemp(shape.name) / f"tiny-{shape.name}")
-    processor = MMMModalProcessor.from_parts(towers["vision"], towers["audio"], str(folder))
-    model = MMMModalForConditionalGeneration.from_parts(towers["vision"], towers["audio"], str(folder),
-                                                        processor=processor).eval()
+    processor = compose_processor(towers["vision"], towers["audio"], str(folder))
+    model = compose_model(towers["vision"], towers["audio"], str(folder), processor=processor).eval()
     llm = AutoModelForCausalLM.from_pretrained(folder).eval()
     return shape, folder, AutoTokenizer.from_pretrained(folder), llm, processor, model
 
@@ -173,11 +173,11 @@ def test_chat_session_closes_each_turn_as_the_template_does(built):
 
 def test_a_language_model_without_a_template_gets_chatml_and_is_told(towers, caplog):
     with caplog.at_level(logging.WARNING):
-        processor = MMMModalProcessor.from_parts(towers["vision"], None, towers["text"])
+        processor = compose_processor(towers["vision"], None, towers["text"])
     assert processor.chat_template == CHAT_TEMPLATE
     assert f"The language model {towers['text']} has no chat template: the checkpoint uses ChatML" in caplog.text
     assert processor.new_tokens == list(SPECIAL_TOKENS + CHATML_TOKENS)
-    model = MMMModalForConditionalGeneration.from_parts(towers["vision"], None, towers["text"], processor=processor)
+    model = compose_model(towers["vision"], None, towers["text"], processor=processor)
     assert processor.tokenizer.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
 
 
@@ -187,7 +187,7 @@ def test_base_models_record_what_was_given_never_a_build_path(towers, tmp_path):
     renamed = save_shape_llm(shape, tmp_path / "renamed")
     config = json.loads((renamed / "config.json").read_text())
     (renamed / "config.json").write_text(json.dumps({**config, "_name_or_path": "someone/tiny-llama3-instruct"}))
-    record = MMMModalForConditionalGeneration._recorded_name
+    record = recorded_name
     assert record(cached) == "someone/tiny-llama3"  # a hub cache snapshot: its repository
     assert record(renamed) == "someone/tiny-llama3-instruct"  # the hub id its config recorded
     assert record(towers["vision"]) == "vision"  # any other folder: its name
@@ -251,7 +251,20 @@ def test_the_extended_template_survives_save_and_load_and_is_never_extended_twic
     loaded = MMMModalProcessor.from_pretrained(tmp_path)
     assert loaded.chat_template == processor.chat_template == loaded.tokenizer.chat_template
     assert llm_tokenizer.chat_template.removesuffix("\n") in processor.chat_template  # Jinja drops that newline
-    # built directly from the LLM's tokenizer (the default), or from one that carries the extension already
-    direct = MMMModalProcessor(processor.image_processor, processor.feature_extractor, AutoTokenizer.from_pretrained(folder))
+    # built from a tokenizer that carries the extension already: kept as it is, never extended twice
     again = MMMModalProcessor(processor.image_processor, processor.feature_extractor, loaded.tokenizer)
-    assert direct.chat_template == again.chat_template == processor.chat_template
+    assert again.chat_template == processor.chat_template
+    assert extend_chat_template(processor.chat_template, loaded.tokenizer) == processor.chat_template
+
+
+def test_the_shipped_processor_refuses_a_language_models_own_tokenizer(built):
+    """Extending a template is build-time work (`compose_processor`): the checkpoint's processor only runs one, and
+    says where a new language model's processor is made instead of rendering media parts as nothing."""
+    _, folder, _, _, processor, _ = built
+    llm_tokenizer = AutoTokenizer.from_pretrained(folder)
+    with pytest.raises(ValueError, match=re.escape("has no ['<image>', '</image>', '<|image_pad|>', '<audio>'")):
+        MMMModalProcessor(processor.image_processor, processor.feature_extractor, llm_tokenizer,
+                          chat_template=processor.chat_template)
+    llm_tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    with pytest.raises(ValueError, match="no MMMModal chat template .* `mmmmodal.compose.compose_processor`"):
+        MMMModalProcessor(processor.image_processor, processor.feature_extractor, llm_tokenizer)

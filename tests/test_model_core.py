@@ -6,7 +6,7 @@ import torch
 from conftest import random_audio, random_image
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from mmmmodal.tiny import build_tiny
+from mmmmodal.build import build_tiny
 from modeling_mmmmodal.configuration_mmmmodal import audio_token_lengths
 
 
@@ -282,19 +282,40 @@ def test_every_trainable_parameter_gets_a_gradient_without_its_modality(tiny):
     assert calls == []
 
 
-def test_gradient_checkpointing_trains(tiny):
+def test_gradient_checkpointing_recomputes_every_stack_and_keeps_the_gradients(tiny):
+    """Checkpointing saves memory by running each layer's forward again in backward: with it on, the first linear
+    inside layer 0 of the language model, the vision tower and the audio encoder each run twice per step (once
+    without), and every gradient is the one computed without checkpointing. (Hooks on the layer itself stay outside
+    the checkpoint, so they count one call either way.)"""
     model, processor = tiny
     batch = processor(text="<image><audio> hi", images=random_image(7), audio=random_audio(7, 1.0), return_tensors="pt")
-    model.activation_checkpointing_enable()
-    model.train()
-    try:
-        loss = model(**batch, labels=batch["input_ids"]).loss
-        loss.backward()
-        assert model.model.multi_modal_projector.linear_1.weight.grad is not None
-    finally:
-        model.activation_checkpointing_disable()
-        model.zero_grad(set_to_none=True)
-        model.eval()
+    towers = {"text": model.model.language_model, "vision": model.model.vision_tower, "audio": model.model.audio_tower}
+    layers = {name: next(m for n, m in tower.named_modules() if ".layers.0." in f".{n}" and isinstance(m, torch.nn.Linear))
+              for name, tower in towers.items()}
+
+    def step(checkpointing: bool):
+        calls = dict.fromkeys(layers, 0)
+        hooks = [layer.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+                 for name, layer in layers.items()]
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train()
+        try:
+            model(**batch, labels=batch["input_ids"]).loss.backward()
+            return calls, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        finally:
+            for hook in hooks:
+                hook.remove()
+            model.activation_checkpointing_disable()
+            model.zero_grad(set_to_none=True)
+            model.eval()
+
+    (plain_calls, plain), (checkpointed_calls, checkpointed) = step(False), step(True)
+    assert plain_calls == dict.fromkeys(layers, 1)
+    assert checkpointed_calls == dict.fromkeys(layers, 2)
+    assert checkpointed.keys() == plain.keys() and "model.multi_modal_projector.linear_1.weight" in plain
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("text_type", ["llama", "mistral", "qwen2"])
@@ -330,8 +351,8 @@ def test_text_models_that_rescale_their_logits_score_as_themselves(text_type, sc
     """Soft-capping and logit scales live in each LLM's own `*ForCausalLM.forward`: MMMModal applies them too."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from mmmmodal.compose import compose_model, compose_processor
     from mmmmodal.tiny import train_tokenizer
-    from modeling_mmmmodal import MMMModalForConditionalGeneration, MMMModalProcessor
 
     tokenizer = train_tokenizer()
     config = AutoConfig.for_model(text_type, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -341,8 +362,8 @@ def test_text_models_that_rescale_their_logits_score_as_themselves(text_type, sc
     llm = AutoModelForCausalLM.from_config(config).eval()
     llm.save_pretrained(tmp_path / "text")
     tokenizer.save_pretrained(tmp_path / "text")
-    processor = MMMModalProcessor.from_parts(text=str(tmp_path / "text"))
-    model = MMMModalForConditionalGeneration.from_parts(text=str(tmp_path / "text"), processor=processor).eval()
+    processor = compose_processor(text=str(tmp_path / "text"))
+    model = compose_model(text=str(tmp_path / "text"), processor=processor).eval()
     ids = torch.tensor([tokenizer("What is in picture 1? A red circle.")["input_ids"]])
     with torch.no_grad():
         ours, theirs = model(input_ids=ids).logits, llm(input_ids=ids).logits

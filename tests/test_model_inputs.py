@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 from conftest import random_audio, random_image
 
-from mmmmodal.tiny import build_tiny
+from mmmmodal.build import build_tiny
 
 
 def two_turn_conversation(media):

@@ -3,13 +3,14 @@ relationship, then combine and convert to training rows. Texts are gibberish; sh
 
 import json
 
+import datasets
 import pytest
 
 from _fixtures_processing import tiny_models, write_clips, write_images
 from processing.asr import PseudoLabeller, compression_ratio, keep_transcript, pseudo_label
 from processing.audio_instructions import audio_instructions
 from processing.combine import combine
-from processing.convert import convert_records, to_dataset
+from processing.convert import convert_records
 from processing.generators import LLMTranslator, TransformersGenerator
 from processing.jsonl_io import failed_path, read_jsonl
 from processing.relationship import relationship
@@ -145,7 +146,7 @@ def test_pipeline_outputs_combine_and_convert(env, audio_chat, visual_chat):
         kinds = ["image" if f.endswith(".png") else "audio" for f in record["filename"]]
         assert row["images"] == [f for f, k in zip(record["filename"], kinds) if k == "image"]
         assert audio == [f for f, k in zip(record["filename"], kinds) if k == "audio"]
-    dataset = to_dataset(rows)
+    dataset = datasets.Dataset.from_list(rows)
     assert dataset.num_rows == len(rows) and set(dataset.column_names) == {"id", "messages", "images"}
     json.dumps(dataset[0])
 

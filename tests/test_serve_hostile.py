@@ -13,7 +13,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from benchmarks.serve_load import API_KEY, MODEL, run_load, serve_args, server_process  # noqa: E402
-from mmmmodal.tiny import TinySizes, build_tiny_checkpoint  # noqa: E402
+from mmmmodal.build import build_tiny_checkpoint  # noqa: E402
+from mmmmodal.tiny import TinySizes  # noqa: E402
 
 RNG = np.random.default_rng(16)
 BROKEN_IMAGES = {"random bytes": RNG.bytes(700), "truncated": png_bytes()[:60], "zero length": b"",

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from mmmmodal.chat import ChatSession, run_repl
-from mmmmodal.tiny import TinySizes, build_tiny_checkpoint
+from mmmmodal.build import build_tiny_checkpoint
+from mmmmodal.tiny import TinySizes
 
 MAX_POSITIONS = 256
 

@@ -10,7 +10,7 @@ from importlib.metadata import version
 import pytest
 
 from mmmmodal.loading import load_checkpoint
-from mmmmodal.tiny import build_tiny_checkpoint
+from mmmmodal.build import build_tiny_checkpoint
 
 CLI = [sys.executable, "-m", "mmmmodal.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the web demo needs the `ui` extra: pip install -e '.[ui]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs the `ui` extra (playwright)")
 
-from mmmmodal.tiny import build_tiny_checkpoint  # noqa: E402
+from mmmmodal.build import build_tiny_checkpoint  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 APP = Path(__file__).resolve().parents[1] / "examples" / "gradio_app.py"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmmmodal.cli import main
 from mmmmodal.publish import CODE_FILES, check_repository
-from mmmmodal.tiny import build_tiny
+from mmmmodal.build import build_tiny
 
 BASES = ["google/siglip-base-patch16-384", "openai/whisper-small", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
 EXPECTED_FILES = {
@@ -29,7 +29,7 @@ EXPECTED_FILES = {
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("publish")
     model, processor = build_tiny(root / "build")
-    model.config.base_models = BASES  # as `from_parts` records them when built from hub ids
+    model.config.base_models = BASES  # as `compose_model` records them when built from hub ids
     folder = root / "checkpoint"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

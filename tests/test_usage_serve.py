@@ -17,10 +17,10 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from mmmmodal.build import build_tiny_checkpoint
 from mmmmodal.serve.media import MediaPolicy
-from mmmmodal.serve.request import encode_request
-from mmmmodal.serve.request import Sampling, parse_request
-from mmmmodal.tiny import TinySizes, build_tiny_checkpoint
+from mmmmodal.serve.request import Sampling, encode_request, parse_request
+from mmmmodal.tiny import TinySizes
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
