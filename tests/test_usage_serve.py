@@ -201,6 +201,22 @@ def test_bad_requests_get_400_with_a_reason_and_the_server_goes_on(served, media
     assert ok.choices[0].message.content is not None
 
 
+@pytest.mark.parametrize("token", ["<image>", "</audio>", "<|image_pad|>"])
+@pytest.mark.parametrize("with_media", [False, True])
+def test_media_tokens_typed_into_text_get_400_naming_the_token(served, media, token, with_media):
+    """Typed into a message, they would reach the model as placeholders or span tokens; vLLM refuses them alike
+    (tests/test_vllm.py)."""
+    client, *_ = served
+    for content in ([media["image"]] if with_media else []) + [_text(f"What does {token} mean?")], f"Is {token} ok?":
+        with pytest.raises(openai.BadRequestError) as error:
+            client.chat.completions.create(model="tiny-mmmmodal", messages=[{"role": "user", "content": content}],
+                                           max_tokens=2)
+        assert error.value.status_code == 400 and repr(token) in error.value.message, error.value.message
+    ok = client.chat.completions.create(model="tiny-mmmmodal", max_tokens=2,
+                                        messages=[{"role": "user", "content": "What does < image> mean?"}])
+    assert ok.choices[0].message.content is not None
+
+
 def test_requests_are_left_padded_with_media_in_order():
     from processing.collate import pad_batch
 
