@@ -18,7 +18,16 @@ import soundfile as sf
 import torch
 from conftest import random_audio, random_image
 
-from benchmarks.vllm_serve import API_KEY, MODEL, build_checkpoint, measure, rows_from, vllm_server
+from benchmarks.vllm_serve import (
+    API_KEY,
+    MODEL,
+    build_checkpoint,
+    request_list,
+    rows_from,
+    run_rate,
+    sustains,
+    vllm_server,
+)
 from benchmarks.serve_load import server_process
 from mmmmodal.media import MediaPolicy, decode_audio
 from tests._venvs import REPO, create_venvs
@@ -348,16 +357,20 @@ def test_adapters_vllm_cannot_apply_are_refused_at_load(case, reason, lora_serve
 
 
 def test_the_benchmark_drives_both_servers_alike(vllm_url, served, tmp_path):
-    """`python -m benchmarks --only vllm_serve`'s measurement, small: both servers answer every request, with as
-    many tokens (the same model, greedy)."""
-    figures = {"vllm": measure(vllm_url, clients=2, requests=1, max_tokens=4)}
-    args = ["--api-key", API_KEY, "--max-new-tokens", "4", "--model-name", MODEL, "--log-level", "warning"]
+    """`python -m benchmarks --only vllm_serve`'s load, small: the same seeded Poisson request list (text, image,
+    audio, both) at one rate; both servers answer every request with as many tokens (the same model, greedy)."""
+    requests = request_list(4, seed=0, max_tokens=(2, 6))
+    assert len({r.kind for r in request_list(40, seed=0)}) == 4 and request_list(4, seed=0) == request_list(4, seed=0)
+    figures = {"vllm": [run_rate(vllm_url, requests, rate=4.0)]}
+    args = ["--api-key", API_KEY, "--max-new-tokens", "6", "--model-name", MODEL, "--log-level", "warning"]
     with server_process(served[2], *args, log_path=tmp_path / "serve.log") as (_, url):
-        figures["mmmmodal_serve"] = measure(url, clients=2, requests=1, max_tokens=4)
-    for name, got in figures.items():
-        assert got["requests"] == 2 and not got["errors"] and got["tokens_per_s"] > 0 and got["ttft_median_s"] > 0, name
-    rows = rows_from(figures, 2, 1, 4)
-    assert figures["vllm"]["tokens"] == figures["mmmmodal_serve"]["tokens"] and rows[0].met is None and rows[0].ratio
+        figures["mmmmodal_serve"] = [run_rate(url, requests, rate=4.0)]
+    for name, (got,) in figures.items():
+        assert got["requests"] == 4 and not got["errors"] and got["tokens_per_s"] > 0, (name, got)
+        assert 0 < got["ttft_p50_s"] <= got["ttft_p99_s"] and got["ttft_p50_s"] <= got["e2e_p50_s"], (name, got)
+    assert figures["vllm"][0]["tokens"] == figures["mmmmodal_serve"][0]["tokens"]
+    rows = rows_from(figures, requests, "tiny")
+    assert len(rows) == 3 and rows[-1].ratio == (1.0 if all(sustains(f[0]) for f in figures.values()) else None)
 
 
 def test_the_benchmark_says_when_there_is_no_vllm_venv(monkeypatch):
