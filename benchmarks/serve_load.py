@@ -33,7 +33,8 @@ KINDS = ("text", "image", "audio", "stream_both", "n2", "hangup_stream", "hangup
 GOOD = {"text", "image", "audio", "stream_both", "n2"}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the servers of the benchmarks and tests start there)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -42,7 +43,7 @@ def _free_port() -> int:
 @contextmanager
 def server_process(checkpoint, *args, log_path=None, env=None):
     """`mmmmodal serve checkpoint *args` on a free loopback port; yields (process, base URL) once it answers."""
-    port = _free_port()
+    port = free_port()
     log = open(log_path or os.devnull, "w")
     command = [sys.executable, "-m", "mmmmodal.cli", "serve", str(checkpoint), "--port", str(port), *args]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,

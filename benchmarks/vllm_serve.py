@@ -1,16 +1,18 @@
-"""vLLM (with this package's plugin) vs `mmmmodal serve` on the same checkpoint, N concurrent streaming clients.
+"""vLLM (with this package's plugin) vs `mmmmodal serve` on the same checkpoint, under a realistic open load.
 
     MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks --only vllm_serve
-    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks.vllm_serve --clients 8 --requests 4
+    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks.vllm_serve --rates 0.5,1,2,4 --requests 12
 
 vLLM runs from its own venv (it pins transformers <5.20): README, "Serving at scale with vLLM", makes one;
 `MMMMODAL_VLLM_PYTHON` names its python. Without it this benchmark reports that it was skipped, and why.
 
-One tiny checkpoint (head size 64, which vLLM's CPU attention takes) is served by each server in turn, alone on the
-machine: every client sends `requests` streamed chat requests (one image + one 1 s clip + a question, greedy), one
-after another. Reported: generated tokens per second over the whole run (sum of `usage.completion_tokens` / wall
-time) and the median time to the first streamed token, for each server, and the ratio vLLM / `mmmmodal serve`. On
-CPU, float32, wall clock: the figures are about scheduling and batching, not about a GPU's speed.
+One checkpoint (hidden 512, 8 layers, heads of 64, which vLLM's CPU attention takes; random weights) is served by
+each server in turn, alone on the machine, and both get the same seeded request list: Poisson arrivals (at each
+rate, the same unit-rate arrival times divided by the rate), prompts that mix text only, one image, one clip and
+image + clip, and an output budget (`max_tokens`) drawn from 8-256, streamed and greedy. For each rate and server:
+generated tokens per second (sum of `usage.completion_tokens` over the time from the first arrival to the last
+answer), p50 / p99 time to the first streamed token and end-to-end latency; then the highest rate each sustains
+with p99 TTFT under 2 s, and the ratio of those rates vLLM / `mmmmodal serve`. On CPU, float32, wall clock.
 """
 
 import argparse
@@ -19,20 +21,19 @@ import io
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from .common import Row
-from .serve_load import _free_port, server_process, wait_until_up
+from .serve_load import free_port, server_process, wait_until_up
 
 API_KEY = "bench-key"
 MODEL = "tiny-mmmmodal"
@@ -41,14 +42,14 @@ VLLM_PYTHON_ENV = "MMMMODAL_VLLM_PYTHON"
 VLLM_CPU_ARGS = ("--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "2048")
 
 
-def build_checkpoint(out_dir, max_audio_seconds: float | None = None, seed: int = 0, **config_kwargs):
+def build_checkpoint(out_dir, max_audio_seconds: float | None = None, seed: int = 0, sizes=None, **config_kwargs):
     """A tiny MMMModal whose heads are 64 wide (vLLM's CPU attention refuses the default 16); returns
-    (model in eval mode, processor, checkpoint path). `max_audio_seconds` sets the clip cap of both;
-    `config_kwargs` are other `MMMModalConfig` fields (feature layers, ...)."""
+    (model in eval mode, processor, checkpoint path). `max_audio_seconds` sets the clip cap of both; `sizes` is a
+    `TinySizes` (hidden 128, 2 heads by default); `config_kwargs` are other `MMMModalConfig` fields."""
     from mmmmodal.build import build_tiny
     from mmmmodal.tiny import TinySizes
 
-    model, processor = build_tiny(Path(out_dir) / "build", TinySizes(hidden_size=128, heads=2), seed=seed,
+    model, processor = build_tiny(Path(out_dir) / "build", sizes or TinySizes(hidden_size=128, heads=2), seed=seed,
                                   **config_kwargs)
     if max_audio_seconds is not None:
         processor.max_audio_seconds = model.config.max_audio_seconds = float(max_audio_seconds)
@@ -69,15 +70,16 @@ def vllm_python() -> tuple[Path | None, str]:
 
 
 @contextmanager
-def vllm_server(python, checkpoint, *args, log_path=None, start_timeout_s: float = 420):
+def vllm_server(python, checkpoint, *args, log_path=None, start_timeout_s: float = 420, env=None):
     """vLLM's OpenAI server for `checkpoint` on a free loopback port (the module form: vllm-cpu's `vllm` script
-    fails); yields (process, base URL) once `/health` answers."""
-    port = _free_port()
+    fails); yields (process, base URL) once `/health` answers. `env`: more environment variables."""
+    port = free_port()
     log = open(log_path or os.devnull, "w")
     command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
                "--served-model-name", MODEL, "--port", str(port), "--host", "127.0.0.1", "--api-key", API_KEY,
                *VLLM_CPU_ARGS, "--limit-mm-per-prompt", json.dumps({"image": 4, "audio": 4}), *args]
-    env = {**os.environ, "VLLM_MEDIA_CONNECTOR": "mmmmodal", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    env = {**os.environ, "VLLM_MEDIA_CONNECTOR": "mmmmodal", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           **(env or {})}
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -98,30 +100,58 @@ def _stop(process):
             process.wait()
 
 
-def request_parts(client: int) -> list:
-    """One image (a colour per client, so that no two clients share a cached image) and one 1 s clip."""
+KINDS = ("text", "image", "audio", "image + audio")
+RATES = (0.5, 1.0, 2.0, 4.0)  # requests per second
+TTFT_GOAL_S = 2.0
+LOAD_SIZES = dict(hidden_size=512, layers=8, heads=8)  # decode is not all overhead; head size 64
+
+
+@dataclass(frozen=True)
+class Request:
+    arrival: float  # seconds after the start at 1 request/s (divided by the rate)
+    kind: str
+    max_tokens: int
+    index: int
+
+
+def request_list(n: int, seed: int = 0, max_tokens=(8, 256)) -> list[Request]:
+    """The seeded request list both servers get: unit-rate Poisson arrivals, kinds and output budgets."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0, n))
+    kinds = rng.integers(0, len(KINDS), n)
+    budgets = rng.integers(max_tokens[0], max_tokens[1] + 1, n)
+    return [Request(float(a - arrivals[0]), KINDS[k], int(b), i) for i, (a, k, b) in enumerate(zip(arrivals, kinds, budgets))]
+
+
+def request_body(request: Request) -> dict:
+    """The chat request of `request`: an image of its own colour and / or a 1 s clip of its own pitch, a question."""
     import soundfile as sf
     from PIL import Image
 
-    png, wav = io.BytesIO(), io.BytesIO()
-    Image.new("RGB", (40, 40), ((37 * client) % 256, 90, 200)).save(png, format="PNG")
-    sf.write(wav, (0.3 * np.sin(np.arange(16000) / (4 + client))).astype(np.float32), 16000, format="WAV")
-    image = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
-    audio = base64.b64encode(wav.getvalue()).decode()
-    return [{"type": "image_url", "image_url": {"url": image}},
-            {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]
+    parts = []
+    if "image" in request.kind:
+        png = io.BytesIO()
+        Image.new("RGB", (40, 40), ((37 * request.index) % 256, 90, 200)).save(png, format="PNG")
+        parts.append({"type": "image_url",
+                      "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}})
+    if "audio" in request.kind:
+        wav = io.BytesIO()
+        sf.write(wav, (0.3 * np.sin(np.arange(16000) / (4 + request.index % 13))).astype(np.float32), 16000,
+                 format="WAV")
+        parts.append({"type": "input_audio",
+                      "input_audio": {"data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"}})
+    parts.append({"type": "text", "text": f"Question {request.index}: what is this about?"})
+    return {"model": MODEL, "max_tokens": request.max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": parts}]}
 
 
-def _one_stream(http: httpx.Client, parts: list, question: str, max_tokens: int) -> tuple[float, int]:
-    """(seconds to the first streamed token, completion tokens) of one streamed greedy request."""
-    body = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]}
+async def _one_stream(http, body: dict) -> tuple[float, float, int]:
+    """(seconds to the first streamed token, seconds to the end, completion tokens) of one streamed request."""
     started, first, tokens = time.perf_counter(), None, None
-    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.read()[:300]!r}")
-        for line in response.iter_lines():
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:300]!r}")
+        async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
@@ -131,85 +161,114 @@ def _one_stream(http: httpx.Client, parts: list, question: str, max_tokens: int)
                 tokens = chunk["usage"]["completion_tokens"]
     if tokens is None:
         raise RuntimeError("the stream ended without usage")
-    return (first if first is not None else time.perf_counter() - started), tokens
+    end = time.perf_counter() - started
+    return (first if first is not None else end), end, tokens
 
 
-def measure(url: str, clients: int, requests: int, max_tokens: int) -> dict:
-    """Drive the server at `url` with `clients` threads of `requests` streamed requests each; one warm-up first."""
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=600) as http:
-        _one_stream(http, request_parts(clients), "Warm up.", 2)
-    results, errors = [], []
-
-    def client(index: int):
-        parts = request_parts(index)
-        with httpx.Client(base_url=url, headers=headers, timeout=600) as http:
-            for step in range(requests):
-                try:
-                    results.append(_one_stream(http, parts, f"Question {index}.{step}: what links them?", max_tokens))
-                except Exception as error:  # counted; the figures then say so
-                    errors.append(f"{type(error).__name__}: {error}")
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    tokens = sum(t for _, t in results)
-    return {"requests": len(results), "errors": errors, "seconds": round(elapsed, 2), "tokens": tokens,
-            "tokens_per_s": tokens / elapsed if elapsed else 0.0,
-            "ttft_median_s": statistics.median(f for f, _ in results) if results else float("nan")}
+def _percentile(values, q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
 
 
-def compare(python, checkpoint, clients: int, requests: int, max_tokens: int, log_dir: Path) -> dict:
-    """Both servers on `checkpoint`, one after the other, the same load; their figures by name."""
-    figures = {}
-    with vllm_server(python, checkpoint, log_path=log_dir / "vllm.log") as (_, url):
-        figures["vllm"] = measure(url, clients, requests, max_tokens)
-    args = ["--api-key", API_KEY, "--max-new-tokens", str(max_tokens), "--max-batch-size", str(max(clients, 1)),
-            "--model-name", MODEL, "--log-level", "warning"]
-    with server_process(checkpoint, *args, log_path=log_dir / "mmmmodal.log") as (_, url):
-        figures["mmmmodal_serve"] = measure(url, clients, requests, max_tokens)
+def run_rate(url: str, requests: list[Request], rate: float, drain_timeout_s: float = 300) -> dict:
+    """Send `requests` at their arrival times / `rate`; the figures of that run."""
+    import asyncio
+
+    async def drive():
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        limits = httpx.Limits(max_connections=len(requests) + 1)
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as http:
+            start = time.perf_counter()
+
+            async def one(request: Request):
+                await asyncio.sleep(max(0.0, start + request.arrival / rate - time.perf_counter()))
+                return await _one_stream(http, request_body(request))
+
+            tasks = [asyncio.ensure_future(one(r)) for r in requests]
+            done, pending = await asyncio.wait(tasks, timeout=requests[-1].arrival / rate + drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            return [t.result() for t in done if not t.exception()], \
+                [repr(t.exception()) for t in done if t.exception()] + ["unfinished"] * len(pending), \
+                time.perf_counter() - start
+
+    results, errors, seconds = asyncio.run(drive())
+    ttft, e2e, tokens = [r[0] for r in results], [r[1] for r in results], sum(r[2] for r in results)
+    return {"rate": rate, "requests": len(results), "errors": errors, "tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": tokens / seconds if seconds else 0.0,
+            "ttft_p50_s": _percentile(ttft, 50), "ttft_p99_s": _percentile(ttft, 99),
+            "e2e_p50_s": _percentile(e2e, 50), "e2e_p99_s": _percentile(e2e, 99)}
+
+
+def sweep(url: str, requests: list[Request], rates) -> list[dict]:
+    """`run_rate` at each rate, lowest first, after one warm-up request; stops after the first rate whose p99 TTFT
+    misses the goal (the server is saturated: higher rates only queue more)."""
+    run_rate(url, [Request(0.0, "image + audio", 2, len(requests))], 1.0)
+    figures = []
+    for rate in sorted(rates):
+        figures.append(run_rate(url, requests, rate))
+        if not sustains(figures[-1]):
+            break
     return figures
 
 
-def rows_from(figures: dict, clients: int, requests: int, max_tokens: int) -> list[Row]:
-    ours, theirs = figures["mmmmodal_serve"], figures["vllm"]
-    case = f"tiny, {clients} clients x {requests} streamed req (img + 1 s clip, {max_tokens} new tok), CPU, wall clock"
-    ok = not (ours["errors"] or theirs["errors"]) and ours["tokens"] == theirs["tokens"]
-    return [
-        Row("vllm_serve", f"{case}: gen tok/s vLLM vs mmmmodal serve",
-            f"vLLM {theirs['tokens_per_s']:.0f}, mmmmodal serve {ours['tokens_per_s']:.0f} tok/s "
-            f"({theirs['tokens']} vs {ours['tokens']} tokens)", theirs["tokens_per_s"] / ours["tokens_per_s"],
-            "(faster x)", None if ok else False, extra=figures),
-        Row("vllm_serve", f"{case}: median time to first token", f"vLLM {theirs['ttft_median_s'] * 1000:.0f} ms, "
-            f"mmmmodal serve {ours['ttft_median_s'] * 1000:.0f} ms", ours["ttft_median_s"] / theirs["ttft_median_s"],
-            "(faster x)"),
-    ]
+def sustains(figures: dict) -> bool:
+    return not figures["errors"] and figures["ttft_p99_s"] < TTFT_GOAL_S
 
 
-def main(quick: bool = False, repeats=None, clients: int | None = None, requests: int | None = None,
-         max_tokens: int = 32) -> list[Row]:
+def highest_sustained(figures: list[dict]) -> float | None:
+    return max((f["rate"] for f in figures if sustains(f)), default=None)
+
+
+def compare(python, checkpoint, requests: list[Request], rates, log_dir: Path) -> dict:
+    """Both servers on `checkpoint`, one after the other, the same request list and rates; their figures by name."""
+    figures = {}
+    with vllm_server(python, checkpoint, log_path=log_dir / "vllm.log") as (_, url):
+        figures["vllm"] = sweep(url, requests, rates)
+    args = ["--api-key", API_KEY, "--max-new-tokens", str(max(r.max_tokens for r in requests)),
+            "--max-batch-size", "16", "--model-name", MODEL, "--log-level", "warning"]
+    with server_process(checkpoint, *args, log_path=log_dir / "mmmmodal.log") as (_, url):
+        figures["mmmmodal_serve"] = sweep(url, requests, rates)
+    return figures
+
+
+def rows_from(figures: dict, requests: list[Request], size: str) -> list[Row]:
+    case = (f"{size}, {len(requests)} streamed req per rate (Poisson; text / image / audio / both; "
+            f"max_tokens {min(r.max_tokens for r in requests)}-{max(r.max_tokens for r in requests)}), CPU, wall clock")
+    rows = []
+    for server, runs in figures.items():
+        for f in runs:
+            rows.append(Row("vllm_serve", f"{case}: {server} at {f['rate']:g} req/s",
+                            f"{f['tokens_per_s']:.0f} tok/s; TTFT p50 {f['ttft_p50_s']:.2f} s, p99 "
+                            f"{f['ttft_p99_s']:.2f} s; end-to-end p50 {f['e2e_p50_s']:.2f} s, p99 {f['e2e_p99_s']:.2f} s"
+                            f"{'; errors: ' + str(len(f['errors'])) if f['errors'] else ''}", extra=f))
+    ours, theirs = highest_sustained(figures["mmmmodal_serve"]), highest_sustained(figures["vllm"])
+    ratio = theirs / ours if ours and theirs else None
+    rows.append(Row("vllm_serve", f"{case}: highest rate with p99 TTFT < {TTFT_GOAL_S:g} s, vLLM vs mmmmodal serve",
+                    f"vLLM {theirs if theirs is not None else 'none'} req/s, mmmmodal serve "
+                    f"{ours if ours is not None else 'none'} req/s", ratio, "(higher x)"))
+    return rows
+
+
+def main(quick: bool = False, repeats=None, rates=None, requests: int | None = None) -> list[Row]:
     python, why = vllm_python()
     if python is None:
         return [Row("vllm_serve", "vLLM vs mmmmodal serve", f"skipped: {why}")]
-    clients = clients or (4 if quick else 8)
-    requests = requests or (2 if quick else 4)
+    rates = rates or (RATES[:3] if quick else RATES)
+    load = request_list(requests or (6 if quick else 12), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = build_checkpoint(Path(tmp))[2]
-        figures = compare(python, checkpoint, clients, requests, max_tokens, Path(tmp))
-    return rows_from(figures, clients, requests, max_tokens)
+        from mmmmodal.tiny import TinySizes
+
+        checkpoint = build_checkpoint(Path(tmp), sizes=TinySizes(**LOAD_SIZES))[2]
+        figures = compare(python, checkpoint, load, rates, Path(tmp))
+    return rows_from(figures, load, "hidden 512, 8 layers")
 
 
 def cli(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.vllm_serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=4, help="requests per client")
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES), help="requests per second, a,b,c")
+    parser.add_argument("--requests", type=int, default=12, help="requests per rate")
     args = parser.parse_args(argv)
-    rows = main(clients=args.clients, requests=args.requests, max_tokens=args.max_tokens)
+    rows = main(rates=[float(r) for r in args.rates.split(",")], requests=args.requests)
     print(json.dumps([vars(r) for r in rows], indent=1, default=str))
     return 0 if all(r.met is not False for r in rows) else 1
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": "mmmmodal.serve.cli",
     "publish": "mmmmodal.publish",
     "data": "mmmmodal.data",
+    "lora-for-vllm": "mmmmodal.adapters",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OUR_LOGGERS = ("mmmmodal", "processing", "modeling_mmmmodal")

@@ -71,6 +71,19 @@ def _with_pooler_output(tower_outputs, pooler_output) -> BaseModelOutputWithPool
     )
 
 
+def causal_lm_architecture(text_config) -> str | None:
+    """The causal-LM class name of `text_config`: its own `architectures`, else the one transformers maps its
+    `model_type` to (`LlamaForCausalLM` for "llama"); None if neither names one. Serving stacks (vLLM) build the
+    language model from this name, so a checkpoint built from configs alone still says which class it is."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    named = getattr(text_config, "architectures", None)
+    if named:
+        return named[0]
+    mapped = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(text_config, "model_type", None))
+    return mapped if isinstance(mapped, str) else None
+
+
 class MMMModalMultiModalProjector(nn.Module):
     """The LLaVA projector: Linear -> GELU -> Linear, vision width to LLM width (same parameter names as LLaVA)."""
 
@@ -350,6 +363,13 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         if model.config.training_stage is not None:
             model.set_training_stage(model.config.training_stage)
         return loaded
+
+    def save_pretrained(self, *args, **kwargs):
+        # A model built from configs alone has no `text_config.architectures`; write the class it is built as.
+        text_config = self.config.text_config
+        if not getattr(text_config, "architectures", None) and causal_lm_architecture(text_config):
+            text_config.architectures = [causal_lm_architecture(text_config)]
+        return super().save_pretrained(*args, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

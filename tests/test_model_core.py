@@ -1,5 +1,7 @@
 """The model: token counts, mixed batches, generation with cache, LLaVA parity, feature layers."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -319,7 +321,7 @@ def test_gradient_checkpointing_recomputes_every_stack_and_keeps_the_gradients(t
 
 
 @pytest.mark.parametrize("text_type", ["llama", "mistral", "qwen2"])
-def test_any_causal_lm_as_text_model(text_type):
+def test_any_causal_lm_as_text_model(text_type, tmp_path):
     from modeling_mmmmodal import MMMModalConfig, MMMModalForConditionalGeneration
 
     small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -342,6 +344,11 @@ def test_any_causal_lm_as_text_model(text_type):
                     input_features_mask=mask, labels=ids)
     assert type(model.model.language_model).__name__.lower().startswith(text_type.replace("2", ""))
     assert out.logits.shape == (1, ids.shape[1], 120) and torch.isfinite(out.loss)
+    # Built from configs alone, it names no causal-LM class; the saved checkpoint does (vLLM builds from it).
+    assert config.text_config.architectures is None
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["text_config"]["architectures"]
+    assert saved == [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[text_type]]
 
 
 @pytest.mark.parametrize("text_type, scaling", [("gemma2", {"final_logit_softcapping": 3.0}),

@@ -2,7 +2,6 @@
 serving the tiny LLM folder. The server is always killed at the end."""
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -10,9 +9,10 @@ import time
 import urllib.request
 
 import pytest
-
 from _fixtures_processing import write_images
 from _tiny_text import save_tiny_llm
+
+from benchmarks.serve_load import free_port
 from processing.generators import OpenAIGenerator
 from processing.jsonl_io import read_jsonl
 from processing.visual_qa import visual_qa
@@ -20,12 +20,6 @@ from processing.visual_qa import visual_qa
 pytest.importorskip("fastapi", reason="`transformers serve` needs fastapi + uvicorn (pip install -e .[serve])")
 pytest.importorskip("uvicorn")
 STARTUP_TIMEOUT_S = 90
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, process, deadline: float):
@@ -45,7 +39,7 @@ def _wait_healthy(url: str, process, deadline: float):
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     llm = str(save_tiny_llm(root / "llm"))
-    port = _free_port()
+    port = free_port()
     log = open(root / "serve.log", "wb")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf_home")}
     cli = os.path.join(os.path.dirname(sys.executable), "transformers")
@@ -82,7 +76,7 @@ def test_visual_qa_through_endpoint(server):
 
 
 def test_unreachable_endpoint_fails_fast_after_retries():
-    generator = OpenAIGenerator(f"http://127.0.0.1:{_free_port()}/v1", "none", timeout=2, max_retries=1)
+    generator = OpenAIGenerator(f"http://127.0.0.1:{free_port()}/v1", "none", timeout=2, max_retries=1)
     start = time.time()
     with pytest.raises(Exception, match="Connection error"):
         generator.generate([[{"role": "user", "content": "hi"}]])

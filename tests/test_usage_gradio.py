@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the web demo needs the `ui` extra: pip install -e '.[ui]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs the `ui` extra (playwright)")
 
+from benchmarks.serve_load import free_port  # noqa: E402
 from mmmmodal.build import build_tiny_checkpoint  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -30,17 +30,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("gradio")
     build_tiny_checkpoint(root)
-    port = _free_port()
+    port = free_port()
     log = open(root / "app.log", "w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     app = subprocess.Popen(

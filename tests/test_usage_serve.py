@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from benchmarks.serve_load import free_port
 from mmmmodal.build import build_tiny_checkpoint
 from mmmmodal.serve.media import MediaPolicy
 from mmmmodal.serve.request import Sampling, encode_request, parse_request
@@ -31,12 +32,6 @@ API_KEY = "test-key-16"
 BATCH_WAIT_MS = 400  # wide window, so that two requests sent together surely share a batch on a busy CI machine
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -48,7 +43,7 @@ def served(tmp_path_factory):
         root, "tiny-mmmmodal", sizes=TinySizes(text_max_positions=MAX_POSITIONS)
     )
     (root / "media").mkdir()
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-c", "import sys; from mmmmodal.cli import main; sys.exit(main())", "serve", str(checkpoint),
@@ -198,6 +193,22 @@ def test_bad_requests_get_400_with_a_reason_and_the_server_goes_on(served, media
     assert error.value.status_code == 400
     assert reason in str(error.value)
     ok = client.chat.completions.create(model="tiny-mmmmodal", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert ok.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("token", ["<image>", "</audio>", "<|image_pad|>"])
+@pytest.mark.parametrize("with_media", [False, True])
+def test_media_tokens_typed_into_text_get_400_naming_the_token(served, media, token, with_media):
+    """Typed into a message, they would reach the model as placeholders or span tokens; vLLM refuses them alike
+    (tests/test_vllm.py)."""
+    client, *_ = served
+    for content in ([media["image"]] if with_media else []) + [_text(f"What does {token} mean?")], f"Is {token} ok?":
+        with pytest.raises(openai.BadRequestError) as error:
+            client.chat.completions.create(model="tiny-mmmmodal", messages=[{"role": "user", "content": content}],
+                                           max_tokens=2)
+        assert error.value.status_code == 400 and repr(token) in error.value.message, error.value.message
+    ok = client.chat.completions.create(model="tiny-mmmmodal", max_tokens=2,
+                                        messages=[{"role": "user", "content": "What does < image> mean?"}])
     assert ok.choices[0].message.content is not None
 
 

@@ -10,6 +10,7 @@ the same checkpoint, with the media decoded as `mmmmodal serve` decodes them (`m
 
 import base64
 import io
+import json
 import os
 
 import pytest
@@ -17,7 +18,16 @@ import soundfile as sf
 import torch
 from conftest import random_audio, random_image
 
-from benchmarks.vllm_serve import API_KEY, MODEL, build_checkpoint, measure, rows_from, vllm_server
+from benchmarks.vllm_serve import (
+    API_KEY,
+    MODEL,
+    build_checkpoint,
+    request_list,
+    rows_from,
+    run_rate,
+    sustains,
+    vllm_server,
+)
 from benchmarks.serve_load import server_process
 from mmmmodal.serve.media import MediaPolicy, decode_audio
 from tests._venvs import REPO, create_venvs
@@ -181,7 +191,6 @@ print(json.dumps({"embeds": {m: [r.get_num_embeds() for r in ranges] for m, rang
 def test_the_inputs_vllm_profiles_with_fit_the_audio_cap(vllm_python, served):
     """vLLM sizes its encoder cache with the plugin's largest inputs: the longest clip that fits the model length and
     the checkpoint's cap (10 s here, not a whole number of 3 s windows), and no more tokens than announced."""
-    import json
     import subprocess
 
     done = subprocess.run([str(vllm_python), "-c", PROFILE, str(served[2])], capture_output=True, text=True,
@@ -192,17 +201,176 @@ def test_the_inputs_vllm_profiles_with_fit_the_audio_cap(vllm_python, served):
     assert 0 < report["embeds"]["audio"][0] <= report["max"]["audio"]
 
 
+# ------------------------------------------------------------------- media tokens in text-only requests
+@pytest.mark.parametrize("token", ["<image>", "</audio>", "<|audio_pad|>"])
+def test_media_tokens_in_a_text_only_request_get_400_naming_the_token(token, client, served):
+    """vLLM runs the plugin's multimodal processor only for requests with media; the plugin's renderer refuses the
+    rest, as `mmmmodal serve` does (tests/test_usage_serve.py)."""
+    import openai
+
+    for parts in ([("text", f"What does {token} mean?")], [("image", png(7)), ("text", f"And {token}?")]):
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(client, [("user", parts)])
+        assert refused.value.status_code == 400 and token in refused.value.message, refused.value.message
+    text_only = [("user", [("text", "What does < image> mean?")])]
+    assert ask(client, text_only).choices[0].token_ids == reference(served, text_only)[1]
+
+
+# ------------------------------------------------- a checkpoint built from configs, with LoRA adapters
+LORA_RANK = 64  # the recipe's
+
+
+@pytest.fixture(scope="session")
+def from_configs(served, tmp_path_factory):
+    """(model, checkpoint) of an MMMModal built from configs alone (`MMMModalConfig(text_config=LlamaConfig(...))`,
+    random weights), saved with no `text_config.architectures`, as checkpoints saved before `save_pretrained`
+    wrote it are."""
+    import copy
+
+    from transformers import LlamaConfig
+
+    from modeling_mmmmodal import MMMModalForConditionalGeneration
+
+    model, processor, _ = served
+    config = copy.deepcopy(model.config)
+    text = {k: v for k, v in config.text_config.to_dict().items() if k not in ("architectures", "_name_or_path")}
+    config.text_config = LlamaConfig(**text)
+    torch.manual_seed(5)
+    built = MMMModalForConditionalGeneration(config).eval()
+    built.generation_config = copy.deepcopy(model.generation_config)
+    path = tmp_path_factory.mktemp("from_configs") / MODEL
+    built.save_pretrained(path)
+    processor.save_pretrained(path)
+    saved = json.loads((path / "config.json").read_text())
+    assert saved["text_config"].pop("architectures") == ["LlamaForCausalLM"]  # what save_pretrained now writes
+    (path / "config.json").write_text(json.dumps(saved))
+    return built, path
+
+
+@pytest.fixture(scope="session")
+def lora_setup(from_configs, tmp_path_factory):
+    """Adapters of the LoRA recipe's shape over `from_configs`: a and b (projectors shared) split by
+    `mmmmodal lora-for-vllm` into a serving base + LLM-only adapters; and adapters vLLM must refuse."""
+    from mmmmodal.adapters import split_for_vllm
+    from tests._lora_adapters import make_adapter
+
+    root = tmp_path_factory.mktemp("lora")
+    base = from_configs[1]
+    trained = {name: make_adapter(base, root / "trained" / name, seed) for name, seed in (("a", 1), ("b", 2))}
+    written = split_for_vllm(list(trained.values()), base, root / "served")
+    bad = {
+        "with_projectors": trained["a"],  # modules_to_save, as the recipe saves it
+        "rank_over_max": make_adapter(base, root / "bad" / "rank", 3, r=2 * LORA_RANK),
+        "on_the_audio_tower": make_adapter(base, root / "bad" / "tower", 4, modules_to_save=None,
+                                           target_modules=r"model\.audio_tower\..*\.(q_proj|v_proj)"),
+    }
+    return trained, written, root / "served" / "base", bad
+
+
+@pytest.fixture(scope="session")
+def lora_server(vllm_python, lora_setup, tmp_path_factory):
+    """One vLLM server for the serving base, adapters a and b loaded at start (runtime loading on, for the
+    refusals); yields (base URL, log path)."""
+    _, written, base, _ = lora_setup
+    log = tmp_path_factory.mktemp("vllm_lora_log") / "server.log"
+    modules = [f"{name}={path}" for name, path in written.items()]
+    with vllm_server(vllm_python, base, "--enable-lora", "--max-lora-rank", str(LORA_RANK), "--max-loras", "2",
+                     "--lora-modules", *modules, log_path=log,
+                     env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}) as (process, url):
+        yield url, log
+        assert process.poll() is None, log.read_text()[-4000:]
+
+
+@pytest.fixture(scope="session")
+def lora_client(lora_server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{lora_server[0]}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def _generate(model, turns, processor):
+    inputs = processor.apply_chat_template(to_transformers(turns), add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_a_checkpoint_built_from_configs_serves_with_transformers_tokens(lora_client, lora_server, lora_setup,
+                                                                         served):
+    """The served base is `from_configs` with the adapters' projectors: no `text_config.architectures` either."""
+    from modeling_mmmmodal import MMMModalForConditionalGeneration
+
+    serving_base = lora_setup[2]
+    assert "architectures" not in json.loads((serving_base / "config.json").read_text())["text_config"]
+    turns = CASES["image and clip"]
+    reply = lora_client.chat.completions.create(model=MODEL, messages=to_openai(turns), max_tokens=MAX_TOKENS,
+                                                temperature=0, extra_body={"return_token_ids": True})
+    expected = _generate(MMMModalForConditionalGeneration.from_pretrained(serving_base).eval(), turns, served[1])
+    assert reply.choices[0].token_ids == expected
+    assert "serving its model_type 'llama' as LlamaForCausalLM" in lora_server[1].read_text()
+
+
+def test_each_adapter_gives_the_tokens_of_peft_on_the_base(lora_client, lora_setup, from_configs, served):
+    """Greedy tokens with adapter a and with b, chosen by `model`, equal PEFT's `PeftModel(base, a/b).generate`
+    with the adapters as the recipe saves them (projectors in `modules_to_save`), on the same image + audio chat."""
+    from tests._lora_adapters import peft_model
+
+    trained = lora_setup[0]
+    turns = CASES["2 images + 2 clips across turns"]
+    got = {}
+    for name in ("a", "b"):
+        reply = lora_client.chat.completions.create(model=name, messages=to_openai(turns), max_tokens=MAX_TOKENS,
+                                                    temperature=0, extra_body={"return_token_ids": True})
+        got[name] = reply.choices[0].token_ids
+        assert got[name] == _generate(peft_model(from_configs[1], trained[name]), turns, served[1]), name
+    assert got["a"] != got["b"]
+
+
+def test_an_unknown_adapter_is_404_in_openai_shape(lora_server):
+    import httpx
+
+    response = httpx.post(f"{lora_server[0]}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                          json={"model": "no-such-adapter", "messages": [{"role": "user", "content": "hi"}]},
+                          timeout=60)
+    assert response.status_code == 404, response.text
+    error = response.json()["error"]
+    assert "no-such-adapter" in error["message"] and {"message", "type", "param", "code"} <= set(error)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("with_projectors", "vLLM only supports modules_to_save being either None"),
+    ("rank_over_max", f"LoRA rank {2 * LORA_RANK} is greater than max_lora_rank {LORA_RANK}"),
+    ("on_the_audio_tower", "outside the language model"),
+])
+def test_adapters_vllm_cannot_apply_are_refused_at_load(case, reason, lora_server, lora_setup, lora_client):
+    """Never a silently ignored adapter: the load fails with the reason and the name serves nothing."""
+    import httpx
+    import openai
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    response = httpx.post(f"{lora_server[0]}/v1/load_lora_adapter", headers=headers, timeout=120,
+                          json={"lora_name": case, "lora_path": str(lora_setup[3][case])})
+    assert response.status_code >= 400 and reason in response.text, response.text
+    with pytest.raises(openai.NotFoundError):
+        lora_client.chat.completions.create(model=case, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
 def test_the_benchmark_drives_both_servers_alike(vllm_url, served, tmp_path):
-    """`python -m benchmarks --only vllm_serve`'s measurement, small: both servers answer every request, with as
-    many tokens (the same model, greedy)."""
-    figures = {"vllm": measure(vllm_url, clients=2, requests=1, max_tokens=4)}
-    args = ["--api-key", API_KEY, "--max-new-tokens", "4", "--model-name", MODEL, "--log-level", "warning"]
+    """`python -m benchmarks --only vllm_serve`'s load, small: the same seeded Poisson request list (text, image,
+    audio, both) at one rate; both servers answer every request with as many tokens (the same model, greedy)."""
+    requests = request_list(4, seed=0, max_tokens=(2, 6))
+    assert len({r.kind for r in request_list(40, seed=0)}) == 4 and request_list(4, seed=0) == request_list(4, seed=0)
+    figures = {"vllm": [run_rate(vllm_url, requests, rate=4.0)]}
+    args = ["--api-key", API_KEY, "--max-new-tokens", "6", "--model-name", MODEL, "--log-level", "warning"]
     with server_process(served[2], *args, log_path=tmp_path / "serve.log") as (_, url):
-        figures["mmmmodal_serve"] = measure(url, clients=2, requests=1, max_tokens=4)
-    for name, got in figures.items():
-        assert got["requests"] == 2 and not got["errors"] and got["tokens_per_s"] > 0 and got["ttft_median_s"] > 0, name
-    rows = rows_from(figures, 2, 1, 4)
-    assert figures["vllm"]["tokens"] == figures["mmmmodal_serve"]["tokens"] and rows[0].met is None and rows[0].ratio
+        figures["mmmmodal_serve"] = [run_rate(url, requests, rate=4.0)]
+    for name, (got,) in figures.items():
+        assert got["requests"] == 4 and not got["errors"] and got["tokens_per_s"] > 0, (name, got)
+        assert 0 < got["ttft_p50_s"] <= got["ttft_p99_s"] and got["ttft_p50_s"] <= got["e2e_p50_s"], (name, got)
+    assert figures["vllm"][0]["tokens"] == figures["mmmmodal_serve"][0]["tokens"]
+    rows = rows_from(figures, requests, "tiny")
+    assert len(rows) == 3 and rows[-1].ratio == (1.0 if all(sustains(f[0]) for f in figures.values()) else None)
 
 
 def test_the_benchmark_says_when_there_is_no_vllm_venv(monkeypatch):

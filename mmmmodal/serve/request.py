@@ -11,6 +11,8 @@ named. Sampling parameters a request leaves out come from the checkpoint's `gene
 
 from dataclasses import dataclass, field
 
+from modeling_mmmmodal.configuration_mmmmodal import SPECIAL_TOKENS
+
 from .media import AUDIO_FORMATS, MediaPolicy, read_media
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -196,6 +198,7 @@ def _parse_content(content, i: int, media: list) -> list[dict]:
     if content is None:
         return []
     if isinstance(content, str):
+        refuse_media_tokens(content, f"messages[{i}].content")
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):
         raise RequestError(f"messages[{i}].content must be a string or a list of parts.", param="messages")
@@ -212,12 +215,25 @@ def _parse_content(content, i: int, media: list) -> list[dict]:
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise RequestError(f"{where}: a text part needs a string `text`.", param="messages")
+            refuse_media_tokens(part["text"], where)
             parts.append({"type": "text", "text": part["text"]})
             continue
         modality, source = _media_source(part, kind, where)
         parts.append({"type": modality})
         media.append((modality, source, f"{where} ({kind})"))
     return parts
+
+
+def refuse_media_tokens(text: str, where: str):
+    """A 400 naming the first media token (`<image>`, `</audio>`, `<|image_pad|>`, ...) written in `text`: typed
+    into a message, it would reach the model as a placeholder or a span token, not as text. vLLM's plugin refuses
+    the same (docs/serving.md)."""
+    found = [token for token in SPECIAL_TOKENS if token in text]
+    if found:
+        raise RequestError(
+            f"{where}: the text holds {found[0]!r}, one of this model's media tokens, which a message's text may not "
+            "contain. Send images and audio as `image_url` / `input_audio` parts (each gets its placeholder); to "
+            "mean the characters as text, write them differently (e.g. '< image>').", param="messages")
 
 
 def _media_source(part: dict, kind: str, where: str) -> tuple[str, str]:

@@ -11,7 +11,8 @@ every process it starts (API server, engine core, workers). Installed next to vL
 `register` is cheap and idempotent: it names the model class by its import path (vLLM imports it lazily), tells
 transformers' auto classes about the installed config and processor, so that vLLM loads a checkpoint with this
 package's classes (as `mmmmodal serve` does) and needs no `--trust-remote-code`, and adds the `mmmmodal` media
-connector (`media.py`: audio decoded as `mmmmodal serve` decodes it, bad clips answered with 400).
+connector (`media.py`: audio decoded as `mmmmodal serve` decodes it, bad clips answered with 400) and its renderer
+(`renderer.py`: media tokens typed into a text-only request answered with 400).
 """
 
 ARCHITECTURE = "MMMModalForConditionalGeneration"
@@ -20,6 +21,7 @@ ARCHITECTURE = "MMMModalForConditionalGeneration"
 def register() -> None:
     from transformers import AutoConfig, AutoProcessor
     from vllm import ModelRegistry
+    from vllm.renderers.registry import RENDERER_REGISTRY
 
     from modeling_mmmmodal import MMMModalConfig, MMMModalProcessor
 
@@ -29,3 +31,7 @@ def register() -> None:
     AutoProcessor.register(MMMModalConfig, MMMModalProcessor, exist_ok=True)
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, f"{__name__}.model:MMMModalForConditionalGeneration")
+    # Refuses media tokens in text-only prompts of MMMModal checkpoints; vLLM's own renderer for any other model.
+    renderer = (f"{__name__}.renderer", "MMMModalRenderer")
+    if RENDERER_REGISTRY.renderers.get("hf") != renderer:
+        RENDERER_REGISTRY.register("hf", *renderer)

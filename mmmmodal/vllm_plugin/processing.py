@@ -27,10 +27,19 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 
-from modeling_mmmmodal.configuration_mmmmodal import AUDIO_TOKEN, IMAGE_TOKEN, audio_token_lengths
+from modeling_mmmmodal.configuration_mmmmodal import (
+    AUDIO_END_TOKEN,
+    AUDIO_PAD_TOKEN,
+    AUDIO_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_PAD_TOKEN,
+    IMAGE_TOKEN,
+    audio_token_lengths,
+)
 
 MODALITIES = ("image", "audio")
 PLACEHOLDERS = {"image": IMAGE_TOKEN, "audio": AUDIO_TOKEN}
+SPAN_TOKENS = {"image": (IMAGE_PAD_TOKEN, IMAGE_END_TOKEN), "audio": (AUDIO_PAD_TOKEN, AUDIO_END_TOKEN)}  # pad, end
 
 
 def span_ids(config, modality: str) -> tuple[int, int, int]:
@@ -114,11 +123,12 @@ class MMMModalMultiModalProcessor(BaseMultiModalProcessor[MMMModalProcessingInfo
         prompt = list(inputs.prompt)
         counts = inputs.mm_data_items.get_all_counts()
         for modality in MODALITIES:
-            start, pad, _ = span_ids(config, modality)
-            if pad is not None and pad in prompt:
-                raise ValueError(
-                    f"The prompt contains a raw {modality} pad token. Write one {PLACEHOLDERS[modality]} placeholder "
-                    f"per {modality}; it is expanded for you.")
+            start, pad, end = span_ids(config, modality)
+            for token_id, token in ((pad, SPAN_TOKENS[modality][0]), (end, SPAN_TOKENS[modality][1])):
+                if token_id is not None and token_id in prompt:
+                    raise ValueError(
+                        f"The prompt holds a raw {token!r} token. Write one {PLACEHOLDERS[modality]} placeholder per "
+                        f"{modality}; it is expanded for you.")
             found, given = (prompt.count(start) if start is not None else 0), counts.get(modality, 0)
             if found != given:
                 raise ValueError(
