@@ -1,7 +1,7 @@
 """vLLM (with this package's plugin) vs `mmmmodal serve` on the same checkpoint, under a realistic open load.
 
     MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks --only vllm_serve
-    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks.vllm_serve --rates 0.5,1,2,4 --requests 12
+    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks.vllm_serve --rates 0.25,0.5,1,2,4,8,16 --requests 12
 
 vLLM runs from its own venv (it pins transformers <5.20): README, "Serving at scale with vLLM", makes one;
 `MMMMODAL_VLLM_PYTHON` names its python. Without it this benchmark reports that it was skipped, and why.
@@ -101,7 +101,7 @@ def _stop(process):
 
 
 KINDS = ("text", "image", "audio", "image + audio")
-RATES = (0.5, 1.0, 2.0, 4.0)  # requests per second
+RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # requests per second
 TTFT_GOAL_S = 2.0
 LOAD_SIZES = dict(hidden_size=512, layers=8, heads=8)  # decode is not all overhead; head size 64
 

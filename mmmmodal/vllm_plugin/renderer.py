@@ -5,7 +5,7 @@ only for a prompt that carries images or audio. A text-only prompt goes from the
 so a `<image>`, `</audio>` or `<|image_pad|>` typed into a message would reach the model as that special token.
 vLLM offers no model hook on that path (the tokenizer, the chat-template kwargs and the processor's
 `default_tok_params` are not consulted per request), so the plugin replaces vLLM's Hugging Face renderer (the
-`hf` entry of `vllm.renderers.RENDERER_REGISTRY`, which every tokenizer mode but Mistral's uses) by this subclass.
+`hf` entry of `vllm.renderers.RENDERER_REGISTRY`, what `--tokenizer-mode auto` / `hf` use) by this subclass.
 For any other model it is vLLM's renderer unchanged; for an MMMModal checkpoint a text-only prompt holding a
 media token is refused with `VLLMValidationError`, which the server answers with HTTP 400 naming the token, as
 `mmmmodal serve` does.
