@@ -100,8 +100,10 @@ def data_summary(settings, n_seen: int, weights: dict) -> str:
             f"{settings.n_test} held-out ones (English and Malay, 1-4 turns, 0-3 images and 0-3 clips each), "
             f"{settings.n_alignment} caption pairs for stage 1; comparisons answered with both items' attribute and "
             "the verdict (\"3, 2: yes\"); media labelled 'Picture k:' / 'Audio k:'; question mix (relative weights "
-            "of the question types, the same for train and held-out): "
-            + ", ".join(f"{k} {v:g}" for k, v in weights.items()))
+            "of the question types, the held-out split's): "
+            + ", ".join(f"{k} {v:g}" for k, v in weights.items())
+            + ("; stage 2 trains on that mix with these weights multiplied: "
+               + ", ".join(f"{k} x{v:g}" for k, v in settings.boost.items()) if settings.boost else ""))
 
 
 SCORING = ("teacher-forced greedy decoding of every assistant turn of the held-out conversations, exact match against "

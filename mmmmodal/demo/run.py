@@ -192,7 +192,7 @@ def run(args: DemoArguments, started: float | None = None) -> dict:
     # Packed batches want conversations of mixed lengths (short ones share a row); padded ones similar lengths.
     stream = stream_dataset(args.seed, settings.batch_size, group=1 if packed else 8,
                             curriculum_rows=settings.curriculum_steps * settings.batch_size,
-                            caption_share=settings.caption_share)
+                            caption_share=settings.caption_share, boost=settings.boost)
     stage2 = train_stage(model, processor, stream, 2, out, settings, settings.stage2_lr,
                          clock.left() - settings.reserve_seconds, args.seed, packed=packed)
     clock.lap("stage 2")

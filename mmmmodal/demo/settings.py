@@ -66,10 +66,14 @@ class DemoSettings:
     stage2_lr: float = 2e-3
     curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
     caption_share: float = 0.1  # and keeps this share of caption rows all along
+    # stage 2's training mix (not the held-out one): twice the comparisons of two pictures or two clips, which
+    # learn slowest (they need "which picture?" worked out first)
+    boost: dict = field(default_factory=lambda: {"image_image_colour": 2.0, "image_image_more": 2.0,
+                                                 "audio_audio_pitch": 2.0, "audio_audio_more": 2.0})
     warmup_steps: int = 20
     decay_fraction: float = 0.3  # the learning rate holds after warmup, then decays over this last share of a stage
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
-    reserve_seconds: float = 25.0  # kept for evaluation, saving, reloading, the chat and the report
+    reserve_seconds: float = 15.0  # kept for evaluation, saving, reloading, the chat and the report (~8 s here)
     setup_seconds: float = 20.0  # imports, building the model, writing the data (6-15 s here; more on a first run)
     # the least time stages 1 and 2 may get: stage 2's easy-first curriculum alone is ~800 steps (~2 minutes here)
     min_training_seconds: float = 120.0
