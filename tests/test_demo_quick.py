@@ -42,7 +42,7 @@ def test_report_json_has_the_required_keys(demo_out):
     assert 0.0 < report["minutes"] < 10.0
     assert report["quick"] is True
     stage2 = report["stage2"]  # what ran: packed by default, the tokens it computed and those with a label
-    assert stage2["batches"] == "packed" and stage2["steps"] == report["settings"]["max_steps"]
+    assert stage2["batches"] == "packed" and 1 <= stage2["steps"] <= report["settings"]["max_steps"]
     assert stage2["tokens_computed"] > stage2["tokens_labelled"] > 0 and stage2["seconds"] > 0
 
 
