@@ -77,6 +77,13 @@ def test_demo_loss_rows_run_and_both_losses_agree():
     assert abs(ours - trl) < 1e-4 * abs(trl)  # the same loss, whichever way it is computed
 
 
+def test_demo_packed_row_runs_and_computes_fewer_tokens_for_the_same_labels():
+    row, = demo_loss.run_packed(batch_size=8, n_batches=2, repeats=1)  # raises when the two label different tokens
+    computed = row.extra["tokens_computed"]
+    assert computed["packed"] < computed["padded"], computed
+    assert row.extra["labelled_tokens"] > 0 and row.ratio > 0 and "steps/min" in row.value
+
+
 def test_table_formats():
     table = format_table([Row("b", "c", "v", 1.234, ">= 1", True), Row("b", "d", "w")])
     assert "1.23" in table and "yes" in table and table.count("\n") == 3

@@ -41,6 +41,9 @@ def test_report_json_has_the_required_keys(demo_out):
     assert 0.0 < report["verdict_majority_cross_media"] <= 1.0
     assert 0.0 < report["minutes"] < 10.0
     assert report["quick"] is True
+    stage2 = report["stage2"]  # what ran: packed by default, the tokens it computed and those with a label
+    assert stage2["batches"] == "packed" and 1 <= stage2["steps"] <= report["settings"]["max_steps"]
+    assert stage2["tokens_computed"] > stage2["tokens_labelled"] > 0 and stage2["seconds"] > 0
 
 
 def test_png_is_a_valid_image(demo_out):
@@ -60,6 +63,9 @@ def test_markdown_states_the_numbers(demo_out):
     assert f"{report['minutes']:.2f} minutes" in text
     assert "report.png" in text
     assert "stand-in for the pretrained" in text  # stage 0 is labelled for what it is
+    stage2 = report["stage2"]
+    assert (f"Stage 2 ran: packed, {stage2['steps']:,} steps" in text and f"{stage2['tokens_computed']:,} tokens "
+            f"computed, {stage2['tokens_labelled']:,} labelled" in text and "labelled tokens/s" in text)
     weights = report["data"]["question_weights"]  # the question mix is stated (train and held-out share it)
     assert set(weights) == set(QUESTION_TYPES) and "question mix" in text
     assert all(f"{qtype} {weight:g}" in text for qtype, weight in weights.items())

@@ -114,3 +114,74 @@ def test_length_batches_cover_every_row_once_with_similar_lengths_in_random_orde
     assert max(spread) < 60  # a random batch spans ~180
     means = [sum(lengths[i] for i in b) / 32 for b in batches]
     assert means != sorted(means) and means != sorted(means, reverse=True)  # no long-to-short drift
+
+
+def test_stage_two_packed_batches_equal_the_packing_collators_and_keep_the_loss(tiny):
+    """The demo packs a batch rendered in one call (`PackingCollator`); it must be the very batch that
+    `MMMModalPackingCollator` builds rendering each conversation alone, and score the padded batch's loss."""
+    from mmmmodal.demo.batching import PackingCollator
+    from mmmmodal.training.packing import MMMModalPackingCollator
+
+    model, processor = tiny
+    rows = _rows(12, seed=2)
+    rows = rows[::2] + rows[1::2]  # mixed lengths, as the packed stream gives them
+    padded = MMMModalDataCollator(processor, assistant_only_loss=True)(rows)
+    ours = PackingCollator(MMMModalDataCollator(processor, assistant_only_loss=True), processor)(rows)
+    reference = MMMModalPackingCollator(processor, max_length=4096)(rows)
+    assert set(ours) == set(reference) and {"pixel_values", "input_features", "position_ids"} <= set(ours)
+    for key, value in reference.items():
+        assert torch.equal(ours[key], value) if torch.is_tensor(value) else ours[key] == value, key
+    assert ours["input_ids"].shape[0] < len(rows)  # conversations do share rows
+    assert ours["input_ids"].numel() < padded["input_ids"].numel()
+    with torch.no_grad():
+        packed_loss, packed_right, packed_count = labelled_loss(model, ours)
+        padded_loss, padded_right, padded_count = labelled_loss(model, padded)
+    assert packed_count == padded_count > 0 and packed_right == padded_right
+    torch.testing.assert_close(packed_loss, padded_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_split_rows_refuses_a_left_padded_batch(tiny):
+    from mmmmodal.demo.batching import split_rows
+
+    _, processor = tiny
+    batch = MMMModalDataCollator(processor, assistant_only_loss=True)(_rows(4, seed=2))
+    assert (batch["attention_mask"] == 0).any()
+    flipped = {key: value.flip(1) if key in ("input_ids", "attention_mask", "labels") else value
+               for key, value in batch.items()}
+    with pytest.raises(ValueError, match="right-padded"):
+        split_rows(flipped, processor.image_start_token_id, processor.audio_start_token_id)
+
+
+def test_minutes_below_what_stages_one_and_two_need_are_refused_naming_the_minimum(tmp_path):
+    from mmmmodal.cli import main
+    from mmmmodal.demo.settings import DemoArguments, DemoSettings
+
+    minimum = DemoSettings().minimum_minutes()
+    assert 2.5 < minimum < 4
+    with pytest.raises(SystemExit, match=rf"needs at least {minimum:.1f} minutes"):
+        main(["demo", "--out", str(tmp_path / "demo"), "--minutes", "2"])
+    assert not (tmp_path / "demo").exists()  # refused before anything ran
+    with pytest.raises(SystemExit, match="with --quick"):
+        main(["demo", "--out", str(tmp_path / "demo"), "--quick", "--minutes", "0.3"])
+    DemoArguments("d", minutes=minimum + 0.01).check()
+    DemoArguments("d", quick=True).check()  # the defaults are allowed
+    DemoArguments("d").check()
+
+
+def test_a_language_model_too_big_for_the_budget_gets_a_warning_with_the_time_per_step(tiny, caplog):
+    from mmmmodal.demo.run import warn_if_too_big
+    from mmmmodal.demo.settings import DemoSettings
+    from mmmmodal.demo.train import matmul_flops_per_second
+
+    model, processor = tiny
+    rate = matmul_flops_per_second()
+    assert 1e8 < rate < 1e13
+    with caplog.at_level("WARNING", logger="mmmmodal.demo.run"):
+        step = warn_if_too_big(model, processor, DemoSettings(), seconds=600, seed=0, flops_per_second=rate)
+    assert 0 < step < 0.5 and not caplog.records  # the tiny model takes thousands of steps in 10 minutes
+    with caplog.at_level("WARNING", logger="mmmmodal.demo.run"):
+        again = warn_if_too_big(model, processor, DemoSettings(), seconds=step * 100, seed=0, flops_per_second=rate)
+    (record,) = caplog.records
+    assert again == step
+    assert "too big to train in the budget" in record.message and f"at least {step:,.3g} s" in record.message
+    assert "at most 100 steps" in record.message

@@ -30,9 +30,14 @@ def register(subparsers):
 
 
 def _main(args: argparse.Namespace) -> int:
+    demo = dataclass_from_args(DemoArguments, args)
+    try:
+        demo.check()  # before torch, TRL and datasets are imported
+    except ValueError as error:
+        raise SystemExit(f"mmmmodal demo: {error}") from None
     from .run import process_start, run  # torch, TRL and datasets: only for this command
 
-    run(dataclass_from_args(DemoArguments, args), started=process_start())
+    run(demo, started=process_start())
     return 0
 
 

@@ -11,13 +11,19 @@ from .batching import length_batches
 from .data import approximate_length, label_media, task_config
 
 
-def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0, caption_share: float = 0.0):
+def stream_rows(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0, caption_share: float = 0.0,
+                boost: dict | None = None):
     """Fresh training rows forever (full rows: `messages`, `images`, `qtypes`, `answers`, `media`, ...), media in
     memory, in length-grouped order. See `stream_dataset` for the arguments."""
     if batch_size < 1 or group < 1:
         raise ValueError(f"Stream: expected batch_size >= 1 and group >= 1, found batch_size={batch_size}, "
                          f"group={group}.")
     cfg, rng = task_config(), random.Random(seed)
+    if boost:
+        unknown = set(boost) - set(cfg.weights)
+        if unknown:
+            raise ValueError(f"Stream: boost names unknown question types {sorted(unknown)}.")
+        cfg = replace(cfg, weights={k: v * boost.get(k, 1.0) for k, v in cfg.weights.items()})
     simple = replace(cfg, max_images=1, max_audios=1)
     specs, simple_specs = iter_split(seed, "train", cfg), iter_split(seed + 7919, "train", simple)
     count = 0
@@ -47,7 +53,7 @@ def _trl_rows(**kwargs):
 
 
 def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: int = 0,
-                   caption_share: float = 0.0) -> IterableDataset:
+                   caption_share: float = 0.0, boost: dict | None = None) -> IterableDataset:
     """An endless stream of fresh training conversations for TRL (`datasets.IterableDataset`, TRL's vision form).
 
     Every row is new (the task's train split, seeded by `seed`; a conversation of the held-out split is never
@@ -61,10 +67,13 @@ def stream_dataset(seed: int, batch_size: int, group: int = 8, curriculum_rows: 
       share falls linearly from 1 to 0 over that many rows.
     - `caption_share`: besides, this share of all rows are captions, all along: every caption names a picture's
       colour, shape and count (or a clip's count and pitch) at once, which keeps the naming questions learning.
+    - `boost`: question type -> factor on its weight in the training mix (the held-out mix stays the task's):
+      more of the questions that learn slowest.
+    - `group=1`: batches of random lengths, for packing (short conversations share a row).
     """
     return IterableDataset.from_generator(_trl_rows, gen_kwargs={
         "seed": seed, "batch_size": batch_size, "group": group, "curriculum_rows": curriculum_rows,
-        "caption_share": caption_share})
+        "caption_share": caption_share, "boost": boost})
 
 
 __all__ = ["stream_dataset", "stream_rows"]

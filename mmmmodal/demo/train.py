@@ -12,17 +12,29 @@ from trl import SFTConfig, SFTTrainer
 
 from mmmmodal.training.collate import MMMModalDataCollator
 
-from .batching import CachingCollator, ShuffledLengthBatches
+from .batching import CachingCollator, PackingCollator, ShuffledLengthBatches
 from .loss import labelled_loss
 from .settings import DemoSettings
 
 
 @dataclass
 class StageLog:
-    """What one stage did: the logged (step, loss) pairs and the number of optimizer steps."""
+    """What one stage did: the logged (step, loss) pairs, the number of optimizer steps, how its batches were laid
+    out (`"packed"` or `"padded"`), the tokens its steps computed (every position of every row, padding and
+    filler included) and those that carried a label, and the seconds it trained."""
 
     loss: list
     steps: int
+    batches: str = "padded"
+    tokens: int = 0
+    labelled: int = 0
+    seconds: float = 0.0
+
+    def throughput(self) -> str:
+        """One line for whoever compares two runs: layout, steps, tokens computed and labelled, throughput."""
+        minutes = max(self.seconds, 1e-9) / 60
+        return (f"{self.batches}, {self.steps:,} steps ({self.steps / minutes:,.0f}/min), {self.tokens:,} tokens "
+                f"computed, {self.labelled:,} labelled ({self.labelled / (minutes * 60):,.0f} labelled tokens/s)")
 
 
 def lr_factor(step: int, progress: float, warmup_steps: int, decay_fraction: float = 1.0,
@@ -66,6 +78,7 @@ class DemoTrainer(SFTTrainer):
     def __init__(self, *args, lengths=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lengths = lengths
+        self.tokens = self.labelled = 0
 
     def _get_train_sampler(self, train_dataset=None):
         if self.lengths is None:
@@ -75,8 +88,31 @@ class DemoTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # TRL's fused head scores every position off Triton devices; this scores the labelled ones alone
         loss, correct, count = labelled_loss(model, inputs, num_items_in_batch)
+        self.tokens += inputs["input_ids"].numel()
+        self.labelled += count
         self._metrics["train"]["mean_token_accuracy"].append(correct / max(count, 1))
         return (loss, None) if return_outputs else loss
+
+
+def matmul_flops_per_second(size: int = 1024, repeats: int = 3) -> float:
+    """How fast this process multiplies two `size` x `size` float32 matrices, at its torch thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def estimate_step_seconds(model, batch: dict, flops_per_second: float) -> float:
+    """A lower bound on one stage-2 training step's time for `batch` (a collated batch): forward and backward cost
+    6 FLOPs per language-model weight per token computed (the input embeddings are a lookup, not a product), plus
+    the LM head at the labelled positions, at `flops_per_second`. The frozen towers and attention come on top."""
+    llm = model.base_model.language_model
+    weights = sum(p.numel() for name, p in llm.named_parameters() if "embed_tokens" not in name)
+    labelled = int((batch["labels"] != -100).sum())
+    flops = 6 * weights * batch["input_ids"].numel() + 6 * model.get_output_embeddings().weight.numel() * labelled
+    return flops / flops_per_second
 
 
 def _config(out: Path, stage: int, settings: DemoSettings, seed: int) -> SFTConfig:
@@ -101,11 +137,12 @@ def _config(out: Path, stage: int, settings: DemoSettings, seed: int) -> SFTConf
 
 
 def train_stage(model, processor, dataset, stage: int, out: Path, settings: DemoSettings, lr: float,
-                seconds: float, seed: int) -> StageLog:
+                seconds: float, seed: int, packed: bool = False) -> StageLog:
     """One paper stage through TRL's `SFTTrainer`, stopped by the wall clock after `seconds`.
 
     `dataset`: a `datasets.Dataset` with a `length` column (rows collated once, cached, batched by length), or a
-    `datasets.IterableDataset` of fresh rows (already length-grouped).
+    `datasets.IterableDataset` of fresh rows (`packed`: each batch packed padding-free, see
+    `batching.PackingCollator`; else padded, and the stream should come length-grouped).
     """
     model.set_training_stage(stage)
     start = time.time()
@@ -116,7 +153,11 @@ def train_stage(model, processor, dataset, stage: int, out: Path, settings: Demo
         optimizer, lambda step: lr_factor(step, progress(), settings.warmup_steps, settings.decay_fraction))
     collator = MMMModalDataCollator(processor, assistant_only_loss=True)
     streamed = isinstance(dataset, IterableDataset)
-    if not streamed:
+    if packed and not streamed:
+        raise ValueError("train_stage: packed batches are built for the stream of fresh rows (stage 2).")
+    if packed:
+        collator = PackingCollator(collator, processor)
+    elif not streamed:
         collator = CachingCollator(collator, processor.tokenizer.pad_token_id)
     lengths = dataset["length"] if not streamed and settings.group_by_length else None
     trainer = DemoTrainer(model=model, args=_config(out, stage, settings, seed), train_dataset=dataset,
@@ -125,7 +166,8 @@ def train_stage(model, processor, dataset, stage: int, out: Path, settings: Demo
     trainer.remove_callback(PrinterCallback)  # the seconds bar shows step and loss instead of a dict per log
     trainer.train()
     model.eval()
-    return StageLog([(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e], trainer.state.global_step)
+    return StageLog([(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e], trainer.state.global_step,
+                    "packed" if packed else "padded", trainer.tokens, trainer.labelled, time.time() - start)
 
 
-__all__ = ["train_stage", "lr_factor", "StageLog", "DemoTrainer"]
+__all__ = ["train_stage", "lr_factor", "StageLog", "DemoTrainer", "estimate_step_seconds", "matmul_flops_per_second"]
