@@ -4,7 +4,7 @@
 #     "mmmmodal",
 #     "trl==1.16.*",
 #     "peft==0.21.*",
-#     "deepspeed==0.19.8",
+#     "deepspeed==0.19.8",  # only for a DeepSpeed accelerate config: the package's `deepspeed` extra
 # ]
 # ///
 """Stage 1 or stage 2 of MMMModal with TRL's SFTTrainer, on rows in any of the three forms (see processing.rows).
@@ -34,8 +34,12 @@ python examples/sft.py --config examples/recipes/stage2_packed.yaml \
 ```
 """
 
+import importlib.metadata
+import os
+import sys
 from dataclasses import dataclass, field
 
+import yaml
 from datasets import load_dataset
 from transformers import AutoProcessor
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
@@ -60,6 +64,30 @@ class MMMModalArguments:
         metadata={"help": "Padding-free packing: a batch's conversations share rows of at most --max_length tokens, "
                           "with no padding; the same conversations and loss per step, fewer tokens (docs/packing.md)."},
     )
+
+
+def require_deepspeed_if_asked(argv: list[str], environ=os.environ):
+    """Stop, with the install command, when this run asks for DeepSpeed and it is not installed.
+
+    DeepSpeed is asked for by an accelerate config (`accelerate launch` sets ACCELERATE_USE_DEEPSPEED in every
+    process), by `--deepspeed`, or by a `deepspeed` key in the `--config` recipe. It is the `deepspeed` extra: the
+    plain install leaves it out (PyPI ships it only as a source archive, built at install time).
+    """
+    asked = environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    asked |= any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv)
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--config" and os.path.isfile(value):
+            with open(value, encoding="utf-8") as file:
+                asked |= bool((yaml.safe_load(file) or {}).get("deepspeed"))
+    try:  # the installed distribution: `import deepspeed` from here would find examples/deepspeed/, a folder
+        importlib.metadata.version("deepspeed")
+    except importlib.metadata.PackageNotFoundError:
+        if asked:
+            raise SystemExit(
+                "This run asks for DeepSpeed (an accelerate config with `distributed_type: DEEPSPEED`, `--deepspeed`, or "
+                "a recipe's `deepspeed`), which is not installed: it is the `deepspeed` extra. Install it with "
+                "`pip install \"mmmmodal[deepspeed]\"` (from a clone: `pip install -e \".[deepspeed]\" -c constraints.txt`)."
+            ) from None
 
 
 def make_collator(processor, training_args, model_args, mmm_args):
@@ -114,5 +142,6 @@ def main(script_args, training_args, model_args, mmm_args):
 
 
 if __name__ == "__main__":
+    require_deepspeed_if_asked(sys.argv[1:])
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, MMMModalArguments))
     main(*parser.parse_args_and_config())

@@ -15,9 +15,6 @@ from pathlib import Path
 
 import torch
 
-from .chat_template import CHAT_TEMPLATE
-from .tiny import TinySizes, save_tiny_parts
-
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,13 +42,15 @@ def build_checkpoint(out, vision=None, audio=None, text=None, dtype=None, **conf
     return model, processor
 
 
-def build_tiny(out_dir, sizes: TinySizes | None = None, corpus=None, vision=True, audio=True, seed=0, **config_kwargs):
-    """Build a tiny MMMModal (model, processor) from freshly saved tiny parts (`mmmmodal.tiny`)."""
+def build_tiny(out_dir, sizes=None, corpus=None, vision=True, audio=True, seed=0, **config_kwargs):
+    """Build a tiny MMMModal (model, processor) from freshly saved tiny parts (`mmmmodal.tiny`, `TinySizes`)."""
+    from .tiny import save_tiny_parts  # here, not at the top: `mmmmodal --help` need not import the model classes
+
     parts = save_tiny_parts(Path(out_dir) / "parts", sizes, corpus, seed)
     return build(parts["vision"] if vision else None, parts["audio"] if audio else None, parts["text"], **config_kwargs)
 
 
-def build_tiny_checkpoint(out_dir, name: str = "checkpoint", sizes: TinySizes | None = None, **kwargs):
+def build_tiny_checkpoint(out_dir, name: str = "checkpoint", sizes=None, **kwargs):
     """`build_tiny`, then save model and processor as a remote-code checkpoint `out_dir/name`.
 
     Returns (model in eval mode, processor, checkpoint path).
@@ -65,6 +64,8 @@ def build_tiny_checkpoint(out_dir, name: str = "checkpoint", sizes: TinySizes | 
 
 def run(args) -> int:
     if args.tiny:
+        from .tiny import save_tiny_parts
+
         parts = save_tiny_parts(Path(args.out) / "parts")
         vision, audio, text = (None if args.no_vision else parts["vision"]), parts["audio"], parts["text"]
         if args.no_audio:
@@ -85,6 +86,8 @@ def run(args) -> int:
         )
     except ValueError as error:  # a part without a tokenizer, a template that cannot be extended, ...
         raise SystemExit(f"mmmmodal build: {error}") from error
+    from .chat_template import CHAT_TEMPLATE
+
     n_params = sum(p.numel() for p in model.parameters())
     print(f"Saved MMMModal ({n_params / 1e6:.1f}M parameters) to {args.out}")
     if processor.chat_template == CHAT_TEMPLATE:

@@ -5,7 +5,8 @@ installed once, into a folder of its own that every venv reads through a `.pth` 
 venv took most of their build time), before the packages asked for. A package named without a version gets the one constraints.txt pins (the stack CI tests);
 the rest of what they need is left to pip, because another transformers release may need other versions of its
 own dependencies (5.16.1 needs huggingface_hub < 2). `-e PATH[extra]` installs a local project (this one, into
-vLLM's venv) as it is. Venvs are built in parallel, once per test session; the torch folder is shared by every call.
+vLLM's venv) as it is; `-c FILE` applies a constraints file to the whole install, as README's commands do. Venvs
+are built in parallel, once per test session; the torch folder is shared by every call.
 """
 
 import re
@@ -25,7 +26,7 @@ def _name(requirement: str) -> str:
 
 def pinned(requirement: str) -> str:
     """`requirement` as given if it has a version, else at the version constraints.txt pins."""
-    if re.search(r"[<>=!~@]", requirement) or requirement.startswith("-e "):
+    if re.search(r"[<>=!~@]", requirement) or requirement.startswith(("-e ", "-c ")):
         return requirement
     for line in CONSTRAINTS.read_text().splitlines():
         if not line.startswith("#") and _name(line) == _name(requirement):
@@ -47,7 +48,7 @@ def _torch_site(root: Path) -> Path:
 
 def _quoted(requirement: str) -> str:
     requirement = pinned(requirement)
-    return f"-e '{requirement[3:]}'" if requirement.startswith("-e ") else f"'{requirement}'"
+    return f"{requirement[:3]}'{requirement[3:]}'" if requirement.startswith(("-e ", "-c ")) else f"'{requirement}'"
 
 
 def create_venvs(root: Path, specs: dict[str, list[str]], uninstall: dict[str, list[str]] | None = None
