@@ -9,6 +9,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_mmmmodal", "processing", "mmmmodal", "mmmmodal.*", "processing.*"]),
+    # the built-in synthetic task as an lmms-eval task folder (`--include_path`, filled in by `mmmmodal eval`)
+    package_data={"mmmmodal.evaluation": ["tasks/*/*"]},
     # Ranges, each tested at its ends (README, "Supported versions"); constraints.txt pins the exact stack CI runs.
     # The checkpoints' own code (modeling_mmmmodal/) needs only transformers >= 5.16.1, < 6 and torch.
     install_requires=[
@@ -47,5 +49,7 @@ setup(
         "console_scripts": ["mmmmodal=mmmmodal.cli:main"],
         # vLLM calls this in every process it starts: MMMModal checkpoints then serve with images and audio.
         "vllm.general_plugins": ["mmmmodal = mmmmodal.vllm_plugin:register"],
+        # lmms-eval reads this group at start-up: `lmms-eval --model mmmmodal` scores MMMModal checkpoints.
+        "lmms_eval.models": ["mmmmodal = mmmmodal.evaluation:manifest"],
     },
 )

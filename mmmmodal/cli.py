@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": "mmmmodal.serve",
     "publish": "mmmmodal.publish",
     "data": "mmmmodal.data",
+    "eval": "mmmmodal.evaluation.cli",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OUR_LOGGERS = ("mmmmodal", "processing", "modeling_mmmmodal")
