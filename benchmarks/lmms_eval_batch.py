@@ -58,6 +58,8 @@ from PIL import Image
 
 
 def _load(kind, path):
+    if kind == "video":  # what video tasks hand over: the file's path
+        return path
     if kind == "image":
         with Image.open(path) as image:
             return image.convert("RGB")
@@ -107,8 +109,9 @@ def task_yaml(name: str, data_file: Path, output_type: str = "generate_until", m
              "doc_to_text: !function utils.doc_to_text"]
     if messages:
         lines.append("doc_to_messages: !function utils.doc_to_messages")
-    if output_type == "multiple_choice":
+    if output_type == "multiple_choice":  # the choices are whole answers: no delimiter before them
         lines += ["doc_to_choice: !function utils.doc_to_choice", "doc_to_target: !function utils.doc_to_target",
+                  "target_delimiter: \"\"",
                   "metric_list:", "  - metric: acc", "    aggregation: mean", "    higher_is_better: true"]
     else:
         lines += ["doc_to_target: \"\"", "generation_kwargs:", f"  max_new_tokens: {max_new_tokens}", "  temperature: 0",
@@ -202,7 +205,7 @@ def run_lmms_eval(python, model_args: str, tasks: list[str], include_path: Path,
         found = sorted(out.rglob(f"*_samples_{task}.jsonl"), key=lambda p: p.stat().st_mtime)
         if found:
             rows = [json.loads(line) for line in found[-1].read_text().splitlines() if line.strip()]
-            run.samples[task] = sorted(rows, key=lambda row: row["doc_id"])
+            run.samples[task] = sorted(rows, key=lambda row: int(row["doc_id"]))
     found = sorted(out.rglob("*_results.json"), key=lambda p: p.stat().st_mtime)
     run.results = json.loads(found[-1].read_text()) if found else None
     return run

@@ -87,6 +87,11 @@ def reference_answers(model_and_processor, docs, interface: str) -> list[str]:
     return answers
 
 
+def choice_scores(answer) -> list[tuple[float, bool]]:
+    """A multiple-choice sample's (loss, is_greedy) per choice (the samples file writes them as strings)."""
+    return [(float(loss), greedy in (True, "True")) for loss, greedy in answer]
+
+
 def continuation_loss(model, processor, parts, continuation: str) -> float:
     """The mean cross-entropy of the tokens the chat template writes for `continuation` as the answer, computed
     with the model's own loss on labels that mask the prompt."""
@@ -130,11 +135,13 @@ def eval_setup(sharp, tmp_path_factory):
     write_task(tasks / "auto", docs, name=AUTO_TASK, messages=False)
     greedy = reference_answers(sharp[:2], docs, "simple")
     for doc, answer in zip(docs, greedy):
-        doc["choices"], doc["gold"] = ["zebra crossing at noon", answer.strip() or "x", "tidak ada"], 1
+        doc["choices"], doc["gold"] = ["zebra crossing at noon", answer or "x", "tidak ada"], 1
     write_task(tasks / "mc", docs, name=MC_TASK, output_type="multiple_choice", messages=False)
     video = [{**docs[0], "media": [["video", str(root / "clip.mp4")]]}]
     write_task(tasks / "video", video, name="mmmmodal_video")
-    return {"root": root, "tasks": tasks, "docs": docs, "media": media, "checkpoint": sharp[2]}
+    (tasks / "real").mkdir()
+    real = _real_tasks(tasks / "real", media)
+    return {"root": root, "tasks": tasks, "docs": docs, "media": media, "checkpoint": sharp[2], "real": real}
 
 
 def model_args(setup, **extra) -> str:
@@ -149,8 +156,10 @@ def chat_run(lmms_python, eval_setup):
 
 @pytest.fixture(scope="session")
 def simple_run(lmms_python, eval_setup):
-    return run_lmms_eval(lmms_python, model_args(eval_setup), [MIXED_TASK, MC_TASK], eval_setup["tasks"],
-                         eval_setup["root"] / "simple4", batch_size=4, force_simple=True).check(MIXED_TASK, MC_TASK)
+    """The mixed task and its choices, and lmms-eval's own vocalsound and ai2d code (below), in one run."""
+    tasks = [MIXED_TASK, MC_TASK, VOCALSOUND, AI2D, AI2D_MC]
+    return run_lmms_eval(lmms_python, model_args(eval_setup), tasks, eval_setup["tasks"], eval_setup["root"] / "simple4",
+                         batch_size=4, force_simple=True).check(*tasks)
 
 
 # ---------------------------------------------------------------------------------------------- tests
@@ -183,13 +192,14 @@ def test_batch_1_answers_equal_too_and_remote_code_that_differs_is_warned(lmms_p
 
 def test_loglikelihood_is_the_continuation_loss_and_scoring_picks_the_likely_choice(sharp, eval_setup, simple_run):
     model, processor, _ = sharp
-    for doc, sample, losses in zip(eval_setup["docs"], simple_run.samples[MC_TASK], simple_run.answers(MC_TASK)):
+    for doc, sample, answer in zip(eval_setup["docs"], simple_run.samples[MC_TASK], simple_run.answers(MC_TASK)):
+        losses = choice_scores(answer)
         parts = user_parts(doc["text"], [(k, load(k, p)) for k, p in doc["media"]])
-        direct = [continuation_loss(model, processor, parts, " " + choice) for choice in doc["choices"]]
+        direct = [continuation_loss(model, processor, parts, choice) for choice in doc["choices"]]
         assert [loss for loss, _ in losses] == pytest.approx(direct, abs=1e-4)
         assert direct[1] < min(direct[0], direct[2]) - 0.5  # the greedy answer is far likelier, by construction
         assert losses[0][1] is False  # greedy decoding does not write a far less likely choice
-        assert sample["acc"] == 1.0  # lmms-eval's argmin picked it
+        assert float(sample["acc"]) == 1.0  # lmms-eval's argmin picked it
     assert simple_run.results["results"][MC_TASK]["acc,none"] == 1.0
 
 
@@ -220,13 +230,13 @@ def test_mmmmodal_eval_scores_the_synthetic_task_as_the_project_evaluator(lmms_p
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     samples = sorted((json.loads(line) for line in next(out.rglob("*_samples_mmmmodal_synthetic.jsonl")).open()),
-                     key=lambda sample: sample["doc_id"])
+                     key=lambda sample: int(sample["doc_id"]))
     rows = [json.loads(line) for line in (synthetic_data / "test.jsonl").open()]
 
     answer_fn = synthetic_task.chat_answer_fn(*sharp[:2])  # ChatSession, not the plugin
     expected = evaluate(rows, answer_fn=answer_fn)
     assert len(samples) == sum(len(row["answers"]) for row in rows)
-    answers = [sample["resps"][0][0].strip() for sample in samples]
+    answers = [sample["filtered_resps"].strip() for sample in samples]
     reference = [answer_fn(row["messages"][:i], row["images"]) for row in rows
                  for i, message in enumerate(row["messages"]) if message["role"] == "assistant"]
     assert answers == [answer.strip() for answer in reference]
@@ -313,13 +323,8 @@ def _real_tasks(folder: Path, media: dict) -> dict:
 
 
 @pytest.fixture(scope="session")
-def real_run(lmms_python, eval_setup):
-    folder = eval_setup["tasks"] / "real"
-    folder.mkdir()
-    datasets = _real_tasks(folder, eval_setup["media"])
-    run = run_lmms_eval(lmms_python, model_args(eval_setup), [VOCALSOUND, AI2D, AI2D_MC], eval_setup["tasks"],
-                        eval_setup["root"] / "real", batch_size=2, force_simple=True)
-    return run.check(VOCALSOUND, AI2D, AI2D_MC), datasets
+def real_run(simple_run, eval_setup):
+    return simple_run, eval_setup["real"]
 
 
 def ai2d_prompt(row) -> str:
@@ -345,11 +350,12 @@ def test_real_image_task_code_generates_and_scores_choices(sharp, real_run):
     rows = list(datasets["image"])
     assert run.answers(AI2D) == [chat_answer(model, processor, user_parts(ai2d_prompt(row), [("image", row["image"].convert("RGB"))]))
                                  for row in rows]
-    for row, sample, losses in zip(rows, run.samples[AI2D_MC], run.answers(AI2D_MC)):
+    for row, sample, answer in zip(rows, run.samples[AI2D_MC], run.answers(AI2D_MC)):
+        losses = choice_scores(answer)
         parts = user_parts(ai2d_prompt(row), [("image", row["image"].convert("RGB"))])
         direct = [continuation_loss(model, processor, parts, " " + letter) for letter in "ABCD"]
         assert [loss for loss, _ in losses] == pytest.approx(direct, abs=1e-4)
-        assert sample["acc"] == float(int(np.argmin(direct)) == int(row["answer"]))
+        assert float(sample["acc"]) == float(int(np.argmin(direct)) == int(row["answer"]))
 
 
 def test_bad_input_is_refused_with_what_and_where(lmms_python, eval_setup, tmp_path):

@@ -22,15 +22,18 @@ from . import SYNTHETIC_TASK, TASKS_DIR
 TEMPLATE = TASKS_DIR / SYNTHETIC_TASK / f"_{SYNTHETIC_TASK}_yaml"
 
 
-def write_task_dir(data: str, folder: Path, split: str = "test") -> Path:
-    """Write the synthetic task's YAML for the folder `data` (written by `mmmmodal data synthetic`) into `folder`."""
+def write_task_dir(data: str, folder: Path, split: str = "test", label_media: bool = False) -> Path:
+    """Write the synthetic task's YAML for the folder `data` (written by `mmmmodal data synthetic`) into `folder`;
+    `label_media`: media introduced by "Picture k:" / "Audio k:", as `mmmmodal demo` trains and scores."""
     data_file = Path(data).resolve() / f"{split}.jsonl"
     if not data_file.is_file():
         raise SystemExit(f"mmmmodal eval: {data_file} does not exist; write it with `mmmmodal data synthetic --out {data}`.")
     folder.mkdir(parents=True, exist_ok=True)
     # JSON strings are valid YAML scalars: paths with spaces or colons stay intact.
+    labelled = "process_docs: !function mmmmodal.evaluation.synthetic_task.process_docs_labelled\n" if label_media else ""
     (folder / f"{SYNTHETIC_TASK}.yaml").write_text(
         f"include: {json.dumps(str(TEMPLATE))}\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data_file))}\n"
+        + labelled
     )
     return folder
 
@@ -67,6 +70,9 @@ def register(subparsers):
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="Run the checkpoint's own code files instead of the installed mmmmodal classes.")
+    parser.add_argument("--label-media", action="store_true",
+                        help='Introduce every media item with "Picture k:" / "Audio k:", as `mmmmodal demo` trains and '
+                             "scores: use it for demo checkpoints.")
     parser.add_argument("--task-dir-only", action="store_true",
                         help="Only write the task folder (under --output) and print it, for --include_path.")
     parser.add_argument("--compare", action="store_true",
@@ -79,7 +85,7 @@ def register(subparsers):
 
 def _main(args) -> int:
     extra = shlex.split(args.lmms_eval_args)
-    task_dir = write_task_dir(args.data, Path(args.output) / "task", args.split)
+    task_dir = write_task_dir(args.data, Path(args.output) / "task", args.split, args.label_media)
     if args.task_dir_only:
         print(task_dir.resolve())
         return 0
@@ -119,10 +125,15 @@ def compare(args, scores: dict, samples: list[dict]) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_checkpoint(args.checkpoint, device, args.dtype, args.trust_remote_code)
     rows = [json.loads(line) for line in (Path(args.data) / f"{args.split}.jsonl").read_text().splitlines() if line]
+    if args.label_media:
+        from ..demo.data import label_media
+
+        rows = [label_media(row) for row in rows]
     answer = chat_answer_fn(model, processor)
     ours = [answer(row["messages"][:i], row["images"]) for row in rows
             for i, message in enumerate(row["messages"]) if message["role"] == "assistant"]
-    theirs = [sample["resps"][0][0] for sample in sorted(samples, key=lambda sample: sample["doc_id"])]
+    theirs = [sample["filtered_resps"] for sample in sorted(samples, key=lambda sample: int(sample["doc_id"]))]
+    theirs = [answer[0] if isinstance(answer, list) else answer for answer in theirs]
     different = sum(a.strip() != b.strip() for a, b in zip(ours, theirs)) + abs(len(ours) - len(theirs))
     chat = evaluate(rows, predictions=_per_row(rows, ours))
     forced = evaluate_model(model, processor, rows)

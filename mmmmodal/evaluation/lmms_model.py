@@ -29,6 +29,7 @@ import time
 from collections import defaultdict
 
 import torch
+from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from lmms_eval.protocol import ChatMessages
@@ -276,8 +277,11 @@ class _MMMModal(lmms):
         return texts, int((new != self.tokenizer.pad_token_id).sum())
 
     # ------------------------------------------------------------------------------------------------ likelihood
-    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        """(mean cross-entropy of the continuation's tokens, whether greedy decoding writes exactly them)."""
+    def loglikelihood(self, requests) -> list[GenerationResult]:
+        """(mean cross-entropy of the continuation's tokens, whether greedy decoding writes exactly them) per request,
+        each wrapped in a `GenerationResult`: lmms-eval 0.7.3's evaluator passes every response through
+        `unwrap_generation_output`, which turns a bare tuple into its `str()` (and multiple-choice scoring then
+        fails to unpack it), but hands a `GenerationResult`'s `text` on as it is."""
         items = []
         for request in requests:
             if len(request.args) == 2:  # an unconditional request (acc_mutual_info): no doc, no media
@@ -294,7 +298,7 @@ class _MMMModal(lmms):
             results += self._losses(items[start : start + self.batch_size])
             progress.update(len(items[start : start + self.batch_size]))
         progress.close()
-        return results
+        return [GenerationResult(text=result) for result in results]
 
     def _losses(self, items: list[tuple[list[dict], str, str]]) -> list[tuple[float, bool]]:
         prompts, encoded = [], []

@@ -22,13 +22,17 @@ GROUPS = ("single_media", "cross_media", "overall")
 METRICS = (*QUESTION_TYPES, *GROUPS)
 
 
-def process_docs(dataset):
-    """Conversations (rows of `mmmmodal data synthetic`) -> one doc per assistant turn."""
+def process_docs(dataset, label=None):
+    """Conversations (rows of `mmmmodal data synthetic`) -> one doc per assistant turn; `label(row)` rewrites each
+    row first."""
     from datasets import Dataset
 
     docs = []
     for row in dataset:
         row = {key: row[key] for key in ("id", "messages", "images", "qtypes", "answers", "verdicts", "language")}
+        row["messages"] = [{"role": m["role"], "content": [{k: v for k, v in part.items() if v is not None}
+                                                           for part in m["content"]]} for m in row["messages"]]
+        row = label(row) if label else row
         assistant_turns = [i for i, message in enumerate(row["messages"]) if message["role"] == "assistant"]
         if len(assistant_turns) != len(row["answers"]):
             raise ValueError(f"Row {row['id']}: {len(row['answers'])} answers but {len(assistant_turns)} assistant turns.")
@@ -37,6 +41,14 @@ def process_docs(dataset):
                          "images": list(row["images"] or []), "qtype": row["qtypes"][turn],
                          "answer": row["answers"][turn], "verdict": row["verdicts"][turn], "language": row["language"]})
     return Dataset.from_list(docs)
+
+
+def process_docs_labelled(dataset):
+    """`process_docs` with every media item introduced by "Picture k:" / "Audio k:", as `mmmmodal demo` trains and
+    scores (`mmmmodal.demo.data.label_media`): the task for demo checkpoints (`mmmmodal eval --label-media`)."""
+    from ..demo.data import label_media
+
+    return process_docs(dataset, label=label_media)
 
 
 def doc_to_messages(doc) -> list[dict]:
