@@ -91,6 +91,11 @@ def _main(args) -> int:
         return 0
     if not args.checkpoint:
         raise SystemExit("mmmmodal eval: give the checkpoint to score (or --task-dir-only).")
+    import importlib.util
+
+    if importlib.util.find_spec("lmms_eval") is None:
+        raise SystemExit(f"mmmmodal eval: lmms-eval is not installed in {sys.executable}. Install it with this package in "
+                         "a venv of its own (docs/evaluation.md) and run that venv's `mmmmodal eval`.")
     started = time.time()
     returncode = subprocess.call(lmms_eval_command(args, task_dir, extra))
     results = newest(Path(args.output), "*_results.json")
