@@ -383,3 +383,18 @@ def test_bad_input_is_refused_with_what_and_where(lmms_python, eval_setup, tmp_p
     until = found["until"]
     assert until["stop"] and until["cut"] == until["full"][: until["full"].index(until["stop"])]
     assert "do_sample with temperature 0" in found["sampling_without_temperature"]
+
+
+def test_mmmmodal_eval_writes_the_task_folder_and_refuses_without_lmms_eval(synthetic_data, tmp_path, capsys):
+    import importlib.util
+
+    assert main(["eval", "--task-dir-only", "--data", str(synthetic_data), "--output", str(tmp_path), "--label-media"]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    written = (folder / "mmmmodal_synthetic.yaml").read_text()
+    assert json.dumps(str((synthetic_data / "test.jsonl").resolve())) in written and "process_docs_labelled" in written
+    assert Path(json.loads(written.split("include: ", 1)[1].split("\n", 1)[0])).is_file()  # the shipped template
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["eval", "ckpt", "--data", str(tmp_path / "nothing"), "--output", str(tmp_path)])
+    if importlib.util.find_spec("lmms_eval") is None:  # this suite's own venv: lmms-eval lives in another
+        with pytest.raises(SystemExit, match="lmms-eval is not installed"):
+            main(["eval", "ckpt", "--data", str(synthetic_data), "--output", str(tmp_path)])
