@@ -16,6 +16,8 @@ setup(
     # trl 1.16 and transformers 5.21 and later need 3.11; tested on 3.11 (README, "Supported versions").
     python_requires=">=3.11",
     packages=find_packages(include=["modeling_mmmmodal", "processing", "mmmmodal", "mmmmodal.*", "processing.*"]),
+    # the built-in synthetic task as an lmms-eval task folder (`--include_path`, filled in by `mmmmodal eval`)
+    package_data={"mmmmodal.evaluation": ["tasks/*/*"]},
     # Ranges, each tested at its ends (README, "Supported versions"); constraints.txt pins the exact stack CI runs.
     # The checkpoints' own code (modeling_mmmmodal/) needs only transformers >= 5.16.1, < 6 and torch.
     install_requires=[
@@ -55,5 +57,7 @@ setup(
         "console_scripts": ["mmmmodal=mmmmodal.cli:main"],
         # vLLM calls this in every process it starts: MMMModal checkpoints then serve with images and audio.
         "vllm.general_plugins": ["mmmmodal = mmmmodal.vllm_plugin:register"],
+        # lmms-eval reads this group at start-up: `lmms-eval --model mmmmodal` scores MMMModal checkpoints.
+        "lmms_eval.models": ["mmmmodal = mmmmodal.evaluation:manifest"],
     },
 )

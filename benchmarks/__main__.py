@@ -4,6 +4,7 @@
     python -m benchmarks --quick         # smaller sizes and fewer repeats (tens of seconds)
     python -m benchmarks --only merge audio --json out.json
     MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks --only vllm_serve   # vLLM vs mmmmodal serve
+    MMMMODAL_LMMS_EVAL_PYTHON=.venv-lmms/bin/python python -m benchmarks --only lmms_eval_batch   # lmms-eval b8 / b1
 """
 
 import argparse
@@ -18,7 +19,8 @@ import torch
 
 from .common import CLOCK, format_table
 
-BENCHMARKS = ("merge", "generation", "audio", "processor", "training", "packing", "vllm_serve", "demo_loss")
+BENCHMARKS = ("merge", "generation", "audio", "processor", "training", "packing", "vllm_serve", "demo_loss",
+              "lmms_eval_batch")
 
 
 def machine() -> str:

@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": "mmmmodal.serve.cli",
     "publish": "mmmmodal.publish",
     "data": "mmmmodal.data",
+    "eval": "mmmmodal.evaluation.cli",
     "lora-for-vllm": "mmmmodal.adapters",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")

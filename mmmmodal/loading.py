@@ -64,7 +64,8 @@ def _checkpoint_classes(checkpoint: str, auto_map: dict):
                  for key in ("AutoModelForImageTextToText", "AutoProcessor"))
 
 
-def load_checkpoint(checkpoint: str, device: str = "cpu", dtype: str = "auto", trust_remote_code: bool = False):
+def load_checkpoint(checkpoint: str, device: str = "cpu", dtype: str = "auto", trust_remote_code: bool = False,
+                    attn_implementation: str | None = None):
     """Return `(model, processor)` for `checkpoint`, in eval mode.
 
     Args:
@@ -72,6 +73,7 @@ def load_checkpoint(checkpoint: str, device: str = "cpu", dtype: str = "auto", t
         device (`str`): where to put the model (`"cpu"`, `"cuda"`, `"cuda:1"`, ...).
         dtype (`str`): `"auto"` keeps the saved dtype; or `"float32"`, `"bfloat16"`, `"float16"`.
         trust_remote_code (`bool`): run the checkpoint's own code files instead of the installed classes.
+        attn_implementation (`str`, *optional*): `"sdpa"`, `"eager"`, ...; transformers' default when `None`.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -83,29 +85,36 @@ def load_checkpoint(checkpoint: str, device: str = "cpu", dtype: str = "auto", t
             f"{checkpoint!r} is a {config.get('model_type')!r} checkpoint, not an MMMModal one (model_type "
             f"{MMMModalConfig.model_type!r}); this command loads MMMModal checkpoints only."
         )
+    _warn_if_code_differs(checkpoint, trust_remote_code)
     if trust_remote_code:
         model_class, processor_class = _checkpoint_classes(checkpoint, config.get("auto_map") or {})
     else:
         register_installed_classes()
-        _warn_if_code_differs(checkpoint)
         model_class, processor_class = AutoModelForImageTextToText, AutoProcessor
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     processor = processor_class.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
-    model = model_class.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, dtype=torch_dtype)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = model_class.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, dtype=torch_dtype, **extra)
     model.to(device).eval()
     code = "the checkpoint's own code" if trust_remote_code else "the installed mmmmodal classes"
     logger.info(f"Loaded {checkpoint} on {device} ({model.dtype}) with {code}.")
     return model, processor
 
 
-def _warn_if_code_differs(checkpoint: str):
-    """A local checkpoint whose code files differ from the installed ones may behave differently with either."""
+def _warn_if_code_differs(checkpoint: str, trust_remote_code: bool = False):
+    """A local checkpoint whose code files differ from the installed ones may behave differently with either: say
+    which of the two runs."""
     import modeling_mmmmodal
 
     installed = Path(modeling_mmmmodal.__file__).parent
     differ = [name for name in CODE_FILES if os.path.isfile(os.path.join(checkpoint, name))
               and Path(checkpoint, name).read_bytes() != (installed / name).read_bytes()]
-    if differ:
+    if differ and trust_remote_code:
+        logger.warning(
+            f"{checkpoint}: its {', '.join(differ)} differ from the installed mmmmodal package's; running the "
+            "checkpoint's own code (trust_remote_code), which may behave differently from the installed classes."
+        )
+    elif differ:
         logger.warning(
             f"{checkpoint}: its {', '.join(differ)} differ from the installed mmmmodal package's; loading with the "
             "installed classes. Pass --trust-remote-code to run the checkpoint's own code instead."

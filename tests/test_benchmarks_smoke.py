@@ -94,3 +94,11 @@ def test_packing_rows_run_and_compute_fewer_tokens_for_the_same_labels():
     computed = row.extra["tokens_computed"]
     assert computed["real"] <= computed["packed"] < computed["TRL padded"], computed
     assert row.extra["labelled_tokens"] > 0 and row.ratio > 0
+
+
+def test_lmms_eval_row_says_why_it_is_skipped_without_its_venv(monkeypatch):
+    from benchmarks import lmms_eval_batch
+
+    monkeypatch.delenv(lmms_eval_batch.LMMS_EVAL_PYTHON_ENV, raising=False)
+    row, = lmms_eval_batch.main(quick=True)
+    assert row.value.startswith("skipped: no lmms-eval venv") and row.ratio is None
