@@ -29,9 +29,10 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def project_modules(root: Path) -> dict[str, Path]:
-    """Dotted name -> file, for every .py file under the layered top-level folders."""
+    """Dotted name -> file, for every .py file under the layered top-level folders (not tests/data/, which holds
+    frozen copies of old code files inside a saved checkpoint)."""
     return {module_name(path, root): path for top in LAYERS for path in sorted((root / top).rglob("*.py"))
-            if "__pycache__" not in path.parts}
+            if "__pycache__" not in path.parts and not path.relative_to(root).parts[:2] == ("tests", "data")}
 
 
 def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
