@@ -108,13 +108,17 @@ def build_processor(size: Size):
     """An MMMModalProcessor matching `size` (SigLIP image size, Whisper window), with a locally trained tokenizer."""
     from transformers import SiglipImageProcessor, WhisperFeatureExtractor
 
+    from mmmmodal.compose import compose_tokenizer
     from mmmmodal.tiny import train_tokenizer
     from modeling_mmmmodal import MMMModalProcessor
 
+    tokenizer = train_tokenizer()
+    chat_template = compose_tokenizer(tokenizer, "the benchmark's tiny tokenizer")
     return MMMModalProcessor(
         SiglipImageProcessor(size={"height": size.image_size, "width": size.image_size}),
         WhisperFeatureExtractor(feature_size=80, chunk_length=size.audio_window_s),
-        train_tokenizer(),
+        tokenizer,
+        chat_template=chat_template,
         patch_size=size.patch_size,
         audio_kernel_size=40,
         audio_stride=3,

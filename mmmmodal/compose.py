@@ -30,6 +30,32 @@ from .chat_template import CHAT_TEMPLATE, extend_chat_template, turn_end
 logger = logging.getLogger(__name__)
 
 
+def compose_tokenizer(tokenizer, name: str) -> str:
+    """Make a language model's tokenizer an MMMModal one, in place: the span tokens (and ChatML's turn tokens, for
+    a language model without a template) are added, and a pad token if it has none. Returns the chat template: the
+    tokenizer's own, extended with image and audio parts, or ChatML (with a warning naming `name`)."""
+    own = tokenizer.chat_template
+    if isinstance(own, dict):  # named templates: the default one is the chat format
+        own = own.get("default")
+    if own:
+        chat_template = extend_chat_template(own, tokenizer, name)
+    else:
+        chat_template = CHAT_TEMPLATE
+        logger.warning(
+            f"The language model {name} has no chat template: the checkpoint uses ChatML, with "
+            f"{' and '.join(CHATML_TOKENS)} added as new tokens that the language model has never seen (stage 2 "
+            "must train them; a LoRA run needs the embeddings and lm_head in modules_to_save)."
+        )
+    known = set(tokenizer.get_vocab())
+    tokens = SPECIAL_TOKENS + (CHATML_TOKENS if chat_template == CHAT_TEMPLATE else ())
+    missing = [token for token in tokens if token not in known]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or AUDIO_PAD_TOKEN
+    return chat_template
+
+
 def compose_processor(vision=None, audio=None, text=None, audio_kernel_size: int = 40, audio_stride: int = 3,
                       max_audio_seconds: float = 300.0, **kwargs) -> MMMModalProcessor:
     """Compose a processor from the three pretrained sources (hub ids or local folders).
@@ -58,25 +84,8 @@ def compose_processor(vision=None, audio=None, text=None, audio_kernel_size: int
             f"The language model {text} has no tokenizer that AutoTokenizer can load (tokenizer.json or "
             f"tokenizer_config.json with its vocabulary): {error}"
         ) from error
-    own = tokenizer.chat_template
-    if isinstance(own, dict):  # named templates: the default one is the chat format
-        own = own.get("default")
-    if own:
-        chat_template = extend_chat_template(own, tokenizer, str(text))
-    else:
-        chat_template = CHAT_TEMPLATE
-        logger.warning(
-            f"The language model {text} has no chat template: the checkpoint uses ChatML, with "
-            f"{' and '.join(CHATML_TOKENS)} added as new tokens that the language model has never seen (stage 2 "
-            "must train them; a LoRA run needs the embeddings and lm_head in modules_to_save)."
-        )
     known = set(tokenizer.get_vocab())
-    tokens = SPECIAL_TOKENS + (CHATML_TOKENS if chat_template == CHAT_TEMPLATE else ())
-    missing = [token for token in tokens if token not in known]
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or AUDIO_PAD_TOKEN
+    chat_template = compose_tokenizer(tokenizer, str(text))
     patch_size = None
     image_processor = SiglipImageProcessor()
     if vision is not None:
