@@ -1,7 +1,7 @@
 """vLLM (with this package's plugin) vs `mmmmodal serve` on the same checkpoint, under a realistic open load.
 
     MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks --only vllm_serve
-    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks.vllm_serve --rates 0.25,0.5,1,2,4,8,16 --requests 12
+    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks.vllm_serve --requests 12 [--rates 0.25,0.5,1,2] [--start 1]
 
 vLLM runs from its own venv (it pins transformers <5.20): README, "Serving at scale with vLLM", makes one;
 `MMMMODAL_VLLM_PYTHON` names its python. Without it this benchmark reports that it was skipped, and why.
@@ -9,16 +9,20 @@ vLLM runs from its own venv (it pins transformers <5.20): README, "Serving at sc
 One checkpoint (hidden 512, 8 layers, heads of 64, which vLLM's CPU attention takes; random weights) is served by
 each server in turn, alone on the machine, and both get the same seeded request list: Poisson arrivals (at each
 rate, the same unit-rate arrival times divided by the rate), prompts that mix text only, one image, one clip and
-image + clip, and an output budget (`max_tokens`) drawn from 8-256, streamed and greedy. For each rate and server:
+image + clip, and an output budget (`max_tokens`) drawn from 8-256, streamed and greedy. Each server's rates are
+searched on a doubling grid (1/32 ... 128 req/s): from 1 req/s up while p99 time to first token (TTFT) stays under
+2 s, or down while it does not, so each server's limit lands between two neighbouring rates. For each rate tried:
 generated tokens per second (sum of `usage.completion_tokens` over the time from the first arrival to the last
-answer), p50 / p99 time to the first streamed token and end-to-end latency; then the highest rate each sustains
-with p99 TTFT under 2 s, and the ratio of those rates vLLM / `mmmmodal serve`. On CPU, float32, wall clock.
+answer), p50 / p99 TTFT and end-to-end latency; then the highest rate each sustains with p99 TTFT under 2 s, and
+the ratio of those rates vLLM / `mmmmodal serve` (set only when both limits are bracketed; otherwise the row says
+the bound). On CPU, float32, wall clock.
 """
 
 import argparse
 import base64
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -101,7 +105,8 @@ def _stop(process):
 
 
 KINDS = ("text", "image", "audio", "image + audio")
-RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # requests per second
+RATES = tuple(2.0 ** k for k in range(-5, 8))  # requests per second: 1/32 ... 128, doubling
+START_RATE = 1.0  # where the search for each server's limit starts
 TTFT_GOAL_S = 2.0
 LOAD_SIZES = dict(hidden_size=512, layers=8, heads=8)  # decode is not all overhead; head size 64
 
@@ -199,16 +204,30 @@ def run_rate(url: str, requests: list[Request], rate: float, drain_timeout_s: fl
             "e2e_p50_s": _percentile(e2e, 50), "e2e_p99_s": _percentile(e2e, 99)}
 
 
-def sweep(url: str, requests: list[Request], rates) -> list[dict]:
-    """`run_rate` at each rate, lowest first, after one warm-up request; stops after the first rate whose p99 TTFT
-    misses the goal (the server is saturated: higher rates only queue more)."""
+def sweep(url: str, requests: list[Request], rates, start: float = START_RATE) -> list[dict]:
+    """`run_rate` on the grid `rates`, after one warm-up request, searching for the server's limit: `search` from
+    the rate nearest `start`. The figures, lowest rate first."""
     run_rate(url, [Request(0.0, "image + audio", 2, len(requests))], 1.0)
-    figures = []
-    for rate in sorted(rates):
-        figures.append(run_rate(url, requests, rate))
-        if not sustains(figures[-1]):
+    return search(rates, lambda rate: run_rate(url, requests, rate), start)
+
+
+def search(rates, measure, start: float = START_RATE) -> list[dict]:
+    """`measure(rate)` from the grid's rate nearest `start`, then up the grid while each rate sustains the goal, or
+    down it while each misses, so that the limit lands between two neighbouring rates (unless the grid ends first)
+    without running the uninformative rates far from it. The figures, lowest rate first."""
+    grid = sorted(set(float(r) for r in rates))
+    if not grid or grid[0] <= 0:
+        raise ValueError(f"rates must be positive, got {list(rates)}")
+    i = min(range(len(grid)), key=lambda k: abs(math.log(grid[k] / start)))
+    figures = [measure(grid[i])]
+    up = sustains(figures[0])
+    i += 1 if up else -1
+    while 0 <= i < len(grid):
+        figures.append(measure(grid[i]))
+        if sustains(figures[-1]) != up:
             break
-    return figures
+        i += 1 if up else -1
+    return sorted(figures, key=lambda f: f["rate"])
 
 
 def sustains(figures: dict) -> bool:
@@ -219,15 +238,43 @@ def highest_sustained(figures: list[dict]) -> float | None:
     return max((f["rate"] for f in figures if sustains(f)), default=None)
 
 
-def compare(python, checkpoint, requests: list[Request], rates, log_dir: Path) -> dict:
+def limit(figures: list[dict]) -> tuple[float | None, float | None]:
+    """(the highest rate that sustains the goal, the lowest tried rate above it that does not); None for an end the
+    run did not reach."""
+    best = highest_sustained(figures)
+    above = [f["rate"] for f in figures if not sustains(f) and (best is None or f["rate"] > best)]
+    return best, min(above, default=None)
+
+
+def ratio_text(vllm: list[dict], ours: list[dict]) -> tuple[str, float | None]:
+    """The row's words and ratio for the highest sustained rates, vLLM / `mmmmodal serve`. The ratio is set only
+    when both limits are bracketed (each sustained one rate and missed the next one up); otherwise the words give
+    the bound the run shows and the ratio is None."""
+    (v_best, v_fail), (o_best, o_fail) = limit(vllm), limit(ours)
+
+    def side(best, fail):
+        if best is None:
+            return f"none (missed already at {fail:g} req/s, the lowest tried)"
+        return f"{best:g} req/s" + (f" (missed at {fail:g})" if fail is not None else " (the highest tried)")
+
+    words = f"vLLM {side(v_best, v_fail)}, mmmmodal serve {side(o_best, o_fail)}"
+    if v_best is not None and o_best is not None and v_fail is not None and o_fail is not None:
+        return words, v_best / o_best
+    if v_best is not None and (o_best is None or o_fail is not None):
+        low = v_best / (o_best if o_best is not None else o_fail)
+        return words + f"; the ratio is at least {low:g}x (not bracketed)", None
+    return words + "; the ratio is not bracketed", None
+
+
+def compare(python, checkpoint, requests: list[Request], rates, log_dir: Path, start: float = START_RATE) -> dict:
     """Both servers on `checkpoint`, one after the other, the same request list and rates; their figures by name."""
     figures = {}
     with vllm_server(python, checkpoint, log_path=log_dir / "vllm.log") as (_, url):
-        figures["vllm"] = sweep(url, requests, rates)
+        figures["vllm"] = sweep(url, requests, rates, start)
     args = ["--api-key", API_KEY, "--max-new-tokens", str(max(r.max_tokens for r in requests)),
             "--max-batch-size", "16", "--model-name", MODEL, "--log-level", "warning"]
     with server_process(checkpoint, *args, log_path=log_dir / "mmmmodal.log") as (_, url):
-        figures["mmmmodal_serve"] = sweep(url, requests, rates)
+        figures["mmmmodal_serve"] = sweep(url, requests, rates, start)
     return figures
 
 
@@ -241,25 +288,24 @@ def rows_from(figures: dict, requests: list[Request], size: str) -> list[Row]:
                             f"{f['tokens_per_s']:.0f} tok/s; TTFT p50 {f['ttft_p50_s']:.2f} s, p99 "
                             f"{f['ttft_p99_s']:.2f} s; end-to-end p50 {f['e2e_p50_s']:.2f} s, p99 {f['e2e_p99_s']:.2f} s"
                             f"{'; errors: ' + str(len(f['errors'])) if f['errors'] else ''}", extra=f))
-    ours, theirs = highest_sustained(figures["mmmmodal_serve"]), highest_sustained(figures["vllm"])
-    ratio = theirs / ours if ours and theirs else None
+    words, ratio = ratio_text(figures["vllm"], figures["mmmmodal_serve"])
     rows.append(Row("vllm_serve", f"{case}: highest rate with p99 TTFT < {TTFT_GOAL_S:g} s, vLLM vs mmmmodal serve",
-                    f"vLLM {theirs if theirs is not None else 'none'} req/s, mmmmodal serve "
-                    f"{ours if ours is not None else 'none'} req/s", ratio, "(higher x)"))
+                    words, ratio, "(higher x)"))
     return rows
 
 
-def main(quick: bool = False, repeats=None, rates=None, requests: int | None = None) -> list[Row]:
+def main(quick: bool = False, repeats=None, rates=None, requests: int | None = None,
+         start: float = START_RATE) -> list[Row]:
     python, why = vllm_python()
     if python is None:
         return [Row("vllm_serve", "vLLM vs mmmmodal serve", f"skipped: {why}")]
-    rates = rates or (RATES[:3] if quick else RATES)
+    rates = rates or ((0.5, 1.0, 2.0) if quick else RATES)
     load = request_list(requests or (6 if quick else 12), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         from mmmmodal.tiny import TinySizes
 
         checkpoint = build_checkpoint(Path(tmp), sizes=TinySizes(**LOAD_SIZES))[2]
-        figures = compare(python, checkpoint, load, rates, Path(tmp))
+        figures = compare(python, checkpoint, load, rates, Path(tmp), start)
     return rows_from(figures, load, "hidden 512, 8 layers")
 
 
@@ -267,8 +313,10 @@ def cli(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.vllm_serve", description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES), help="requests per second, a,b,c")
     parser.add_argument("--requests", type=int, default=12, help="requests per rate")
+    parser.add_argument("--start", type=float, default=START_RATE,
+                        help="the rate each server's search starts from (then up or down the grid)")
     args = parser.parse_args(argv)
-    rows = main(rates=[float(r) for r in args.rates.split(",")], requests=args.requests)
+    rows = main(rates=[float(r) for r in args.rates.split(",")], requests=args.requests, start=args.start)
     print(json.dumps([vars(r) for r in rows], indent=1, default=str))
     return 0 if all(r.met is not False for r in rows) else 1
 

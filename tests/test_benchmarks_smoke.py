@@ -102,3 +102,45 @@ def test_lmms_eval_row_says_why_it_is_skipped_without_its_venv(monkeypatch):
     monkeypatch.delenv(lmms_eval_batch.LMMS_EVAL_PYTHON_ENV, raising=False)
     row, = lmms_eval_batch.main(quick=True)
     assert row.value.startswith("skipped: no lmms-eval venv") and row.ratio is None
+
+
+def _fake_server(limit: float, tried: list):
+    """A `measure` for `vllm_serve.search`: p99 TTFT under the goal up to `limit` req/s, over it above; records the
+    rates asked for."""
+    from benchmarks.vllm_serve import TTFT_GOAL_S
+
+    def measure(rate):
+        tried.append(rate)
+        return {"rate": rate, "errors": [], "ttft_p99_s": TTFT_GOAL_S * (0.5 if rate <= limit else 2.0)}
+    return measure
+
+
+@pytest.mark.parametrize("limit, expected_tried", [(8.0, [1.0, 2.0, 4.0, 8.0, 16.0]), (0.25, [1.0, 0.5, 0.25]),
+                                                   (1.0, [1.0, 2.0]), (1000.0, [1.0, 2.0, 4.0]),
+                                                   (0.01, [1.0, 0.5, 0.25])])
+def test_the_load_benchmark_searches_each_servers_limit_from_the_start_rate(limit, expected_tried):
+    """From the start rate the search goes up while the server sustains the goal and down while it misses, and stops
+    at the first rate that flips (or at the grid's end): the rates far from the limit are never run."""
+    from benchmarks.vllm_serve import limit as bracket, search
+
+    tried = []
+    figures = search((0.25, 0.5, 1, 2, 4, 8, 16) if limit < 100 else (0.5, 1, 2, 4), _fake_server(limit, tried))
+    assert tried == expected_tried and [f["rate"] for f in figures] == sorted(expected_tried)
+    best, fail = bracket(figures)
+    assert best == (max(r for r in tried if r <= limit) if min(tried) <= limit else None)
+    assert fail == (min(r for r in tried if r > limit) if max(tried) > limit else None)
+
+
+def test_the_load_benchmark_gives_a_ratio_only_when_both_limits_are_bracketed():
+    from benchmarks.vllm_serve import ratio_text, search
+
+    grid = (0.125, 0.25, 0.5, 1, 2, 4, 8, 16)
+    vllm, serve, serve_none, vllm_top = (search(grid, _fake_server(limit, [])) for limit in (8.0, 0.25, 0.01, 100.0))
+    words, ratio = ratio_text(vllm, serve)
+    assert ratio == 32.0 and words == "vLLM 8 req/s (missed at 16), mmmmodal serve 0.25 req/s (missed at 0.5)"
+    words, ratio = ratio_text(vllm, serve_none)  # serve misses even the lowest rate: a lower bound, no ratio
+    assert ratio is None and words.endswith("; the ratio is at least 64x (not bracketed)"), words
+    words, ratio = ratio_text(vllm_top, serve)  # vLLM sustains the top of the grid: a lower bound again
+    assert ratio is None and "vLLM 16 req/s (the highest tried)" in words and "at least 64x" in words, words
+    with pytest.raises(ValueError, match="rates must be positive"):
+        search((0, 1), _fake_server(1.0, []))
