@@ -68,6 +68,8 @@ def _load(kind, path):
 
 
 def doc_to_visual(doc):
+    if doc.get("visual_paths"):  # what tasks that hand file paths give (the serving-route test)
+        return [path for _, path in doc["media"]]
     return [_load(kind, path) for kind, path in doc["media"]]
 
 
@@ -187,9 +189,10 @@ class LmmsRun:
 
 def run_lmms_eval(python, model_args: str, tasks: list[str], include_path: Path, out: Path, batch_size: int = 1,
                   limit: int | None = None, force_simple: bool = False, extra=(), timeout_s: float = 900,
-                  launcher=()) -> LmmsRun:
-    """lmms-eval's CLI (`python -m lmms_eval`, or under `launcher`, e.g. accelerate) with `--log_samples`."""
-    command = [*(launcher or [str(python)]), "-m", "lmms_eval", "--model", "mmmmodal", "--model_args", model_args,
+                  launcher=(), model: str = "mmmmodal") -> LmmsRun:
+    """lmms-eval's CLI (`python -m lmms_eval`, or under `launcher`, e.g. accelerate) with `--log_samples`; `model`
+    is lmms-eval's `--model` (ours by default; `openai` drives a server)."""
+    command = [*(launcher or [str(python)]), "-m", "lmms_eval", "--model", model, "--model_args", model_args,
                "--tasks", ",".join(tasks), "--include_path", str(include_path), "--batch_size", str(batch_size),
                "--output_path", str(out), "--log_samples", "--verbosity", "INFO", *extra]
     if limit is not None:

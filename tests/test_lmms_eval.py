@@ -398,3 +398,59 @@ def test_mmmmodal_eval_writes_the_task_folder_and_refuses_without_lmms_eval(synt
     if importlib.util.find_spec("lmms_eval") is None:  # this suite's own venv: lmms-eval lives in another
         with pytest.raises(SystemExit, match="lmms-eval is not installed"):
             main(["eval", "ckpt", "--data", str(synthetic_data), "--output", str(tmp_path)])
+
+
+# ---------------------------------------------------------------------------------------------- the serving route
+ROUTE_TASK = "mmmmodal_route"
+# (text, media, as paths): each media kind as an object and as a path, and one text with placeholders
+ROUTE_DOCS = [("What colour is this?", [("image", 0)], False), ("Describe it.", [("image", 1)], True),
+              ("What do you hear?", [("audio", 0)], False), ("Is this loud?", [("audio", 1)], True),
+              ("Does <audio> match <image>?", [("audio", 1), ("image", 1)], False)]
+
+
+def test_the_serving_route_carries_images_and_audio_files_and_drops_or_fails_the_rest(lmms_python, sharp, eval_setup,
+                                                                                      tmp_path):
+    """lmms-eval's `openai` model (its OpenAI-compatible client) against `mmmmodal serve` on the same checkpoint, in
+    both interfaces, on docs that hand each media kind as an object and as a path (docs/evaluation.md, "The serving
+    route", states what this finds). Simple: images and audio *files* arrive (text first, then the media), a
+    datasets audio dict is dropped without a word, and a context with `<image>` / `<audio>` placeholders is refused
+    (the server takes them for media tokens). Chat: images arrive; audio goes as `audio_url` with the part's `url`,
+    which the server reads when it is a file under `--allowed-local-media-path`; a request with an audio dict fails
+    on the client (not JSON-serialisable), its images too. Failures are scored as lmms-eval's failure marker."""
+    from benchmarks.serve_load import server_process
+
+    media = eval_setup["media"]
+    docs = [{"id": i, "text": text, "media": [[kind, media[kind, k]] for kind, k in items], "history": [],
+             "as_paths": as_paths, "visual_paths": as_paths, "choices": [], "gold": 0}
+            for i, (text, items, as_paths) in enumerate(ROUTE_DOCS)]
+    write_task(tmp_path / "tasks", docs, name=ROUTE_TASK)
+    model, processor, checkpoint = sharp
+    key, name = "route-key", "tiny-mmmmodal"
+    args = ["--api-key", key, "--model-name", name, "--max-new-tokens", str(MAX_NEW_TOKENS), "--log-level", "warning",
+            "--allowed-local-media-path", str(Path(media["image", 0]).parent)]
+    with server_process(checkpoint, *args, log_path=tmp_path / "serve.log") as (_, url):
+        openai_args = f"model_version={name},base_url={url}/v1,api_key={key},max_retries=1,retry_backoff_s=0,timeout=60"
+        runs = {interface: run_lmms_eval(lmms_python, openai_args, [ROUTE_TASK], tmp_path / "tasks",
+                                         tmp_path / interface, force_simple=interface == "simple", model="openai")
+                for interface in ("simple", "chat")}
+    for interface, run in runs.items():
+        assert ROUTE_TASK in run.samples, (interface, run.log[-3000:])
+    answer = lambda parts: chat_answer(model, processor, parts)  # noqa: E731
+    image0, image1 = load("image", media["image", 0]), load("image", media["image", 1])
+    audio0, audio1 = load("audio", media["audio", 0]), load("audio", media["audio", 1])
+    text = lambda i: [{"type": "text", "text": ROUTE_DOCS[i][0]}]  # noqa: E731
+    simple = runs["simple"].answers(ROUTE_TASK)
+    assert simple[0] == answer(text(0) + [{"type": "image", "image": image0}])  # a PIL image: carried, after the text
+    assert simple[1] == answer(text(1) + [{"type": "image", "image": image1}])  # an image file: carried
+    assert simple[2] == answer(text(2))  # a datasets audio dict: dropped, and the model answers the text alone
+    assert simple[2] != answer(text(2) + [{"type": "audio", "audio": audio0}])
+    assert simple[3] == answer(text(3) + [{"type": "audio", "audio": audio1}])  # an audio file: carried
+    # placeholders in the text: the server refuses them (400), and lmms-eval scores its failure marker as the answer
+    assert simple[4].startswith("[LMMS_EVAL_REQUEST_FAILED") and "one of this model's media tokens" in simple[4]
+    chat = runs["chat"].answers(ROUTE_TASK)
+    assert chat[0] == answer([{"type": "image", "image": image0}] + text(0))  # the doc's own part order
+    assert chat[1] == answer([{"type": "image", "image": image1}] + text(1))
+    assert chat[2].startswith("[LMMS_EVAL_REQUEST_FAILED"), chat  # an audio dict in `audio_url`: not serialisable
+    assert chat[3] == answer([{"type": "audio", "audio": audio1}] + text(3))  # a file path in `audio_url`: read
+    # audio objects beside an image: the whole request fails on the client, the image with it
+    assert chat[4] == chat[2] and "Object of type ndarray is not JSON serializable" in chat[4]
