@@ -12,7 +12,6 @@ The helpers here (the task folder, one CLI run read back from its samples file a
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time

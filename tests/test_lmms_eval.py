@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from benchmarks.lmms_eval_batch import (LMMS_EVAL_REQUIREMENTS, MIXED_TASK, NOT_WANTED, lmms_eval_python, mixed_docs,
-                                        run_lmms_eval, task_yaml, write_media, write_task)
+                                        run_lmms_eval, write_media, write_task)
 from mmmmodal.chat import ChatSession
 from mmmmodal.cli import main
 from mmmmodal.evaluation import synthetic_task

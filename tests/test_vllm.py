@@ -25,7 +25,6 @@ from benchmarks.vllm_serve import (
     request_list,
     rows_from,
     run_rate,
-    sustains,
     vllm_server,
 )
 from benchmarks.serve_load import server_process
