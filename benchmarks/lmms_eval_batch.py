@@ -29,9 +29,10 @@ LMMS_EVAL = "lmms-eval==0.7.3"
 # datasets' Audio feature, filelock 3 (lmms-eval's evaluator patches `filelock._api`, gone in filelock 4), and this
 # package, editable. torchvision comes with lmms-eval as a CUDA build whose ops
 # fail to load on a CPU torch ("operator torchvision::nms does not exist", which breaks transformers' processors):
-# it is removed after the install (nothing MMMModal runs needs it).
+# it is removed after the install (nothing MMMModal runs needs it), and timm with it: timm cannot import without
+# torchvision, and the `accelerate` command imports timm whenever it is installed (`accelerate launch` fails).
 LMMS_EVAL_REQUIREMENTS = ["torch==2.13.0", LMMS_EVAL, "transformers", "torchcodec==0.13.*", "filelock<4"]
-NOT_WANTED = ["torchvision"]
+NOT_WANTED = ["torchvision", "timm"]
 MIXED_TASK = "mmmmodal_mixed"
 
 # (text, media) of the mixed task's docs: placeholders in the text fix where each image / clip goes; a text without
@@ -94,6 +95,28 @@ def doc_to_messages(doc):
     return messages + [{"role": "user", "content": content}]
 
 
+def doc_to_text_rounds(doc, lmms_eval_specific_kwargs=None, previous_output=None, round_idx=None,
+                       previous_round_info=None):
+    """Three rounds in lmms-eval's multi-round protocol (as its ovo_forward task): round 0 is the doc's question;
+    round 1 quotes the last answer, with the doc's first medium; round 2 is text only; then the task is done. It
+    refuses round results or round info that the model did not hand back."""
+    if round_idx is None:
+        return doc["text"]
+    if len(previous_output) != round_idx or previous_round_info != ({"round": round_idx - 1} if round_idx > 1 else None):
+        raise ValueError(f"round {round_idx}: got {previous_output!r} and round info {previous_round_info!r}")
+    if round_idx == 3:
+        return None, None, True, previous_output, None
+    if round_idx == 1:
+        visuals, text = doc_to_visual(doc)[:1], f"You said {previous_output[-1]!r}. Once more?"
+    else:
+        visuals, text = [], f"That makes {len(previous_output)} answers. Anything else?"
+    return visuals, text, False, previous_output, {"round": round_idx}
+
+
+def process_rounds(doc, results):
+    return {"rounds_answered": float(len(results[0]))}
+
+
 def doc_to_choice(doc):
     return doc["choices"]
 
@@ -105,9 +128,11 @@ def doc_to_target(doc):
 
 def task_yaml(name: str, data_file: Path, output_type: str = "generate_until", messages: bool = True,
               max_new_tokens: int = 8, until: list | None = None, extra: str = "") -> str:
+    """A task YAML over `data_file`; `generate_until_multi_round` takes its rounds from `doc_to_text_rounds`."""
+    rounds = output_type == "generate_until_multi_round"
     lines = [f"task: {name}", "dataset_path: json", "dataset_kwargs:", "  data_files:", f"    test: {json.dumps(str(data_file))}",
              "test_split: test", f"output_type: {output_type}", "doc_to_visual: !function utils.doc_to_visual",
-             "doc_to_text: !function utils.doc_to_text"]
+             f"doc_to_text: !function utils.doc_to_text{'_rounds' if rounds else ''}"]
     if messages:
         lines.append("doc_to_messages: !function utils.doc_to_messages")
     if output_type == "multiple_choice":  # the choices are whole answers: no delimiter before them
@@ -116,8 +141,11 @@ def task_yaml(name: str, data_file: Path, output_type: str = "generate_until", m
                   "metric_list:", "  - metric: acc", "    aggregation: mean", "    higher_is_better: true"]
     else:
         lines += ["doc_to_target: \"\"", "generation_kwargs:", f"  max_new_tokens: {max_new_tokens}", "  temperature: 0",
-                  "  do_sample: false", f"  until: {json.dumps(until or [])}", "metric_list:", "  - metric: exact_match",
-                  "    aggregation: mean", "    higher_is_better: true"]
+                  "  do_sample: false", f"  until: {json.dumps(until or [])}", "metric_list:",
+                  f"  - metric: {'rounds_answered' if rounds else 'exact_match'}", "    aggregation: mean",
+                  "    higher_is_better: true"]
+        if rounds:
+            lines.append("process_results: !function utils.process_rounds")
     return "\n".join(lines + [extra, "metadata:", "  version: 1.0", ""])
 
 

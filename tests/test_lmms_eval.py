@@ -32,6 +32,7 @@ from tests._venvs import REPO, create_venvs
 MAX_NEW_TOKENS = 8
 AUTO_TASK = "mmmmodal_mixed_auto"  # no doc_to_messages: lmms-eval builds the chat turn (media dicts -> "video")
 MC_TASK = "mmmmodal_mixed_mc"
+ROUNDS_TASK = "mmmmodal_rounds"  # generate_until_multi_round: three rounds from doc_to_text_rounds
 
 
 @pytest.fixture(scope="session")
@@ -137,11 +138,14 @@ def eval_setup(sharp, tmp_path_factory):
     for doc, answer in zip(docs, greedy):
         doc["choices"], doc["gold"] = ["zebra crossing at noon", answer or "x", "tidak ada"], 1
     write_task(tasks / "mc", docs, name=MC_TASK, output_type="multiple_choice", messages=False)
+    rounds = [doc for doc in docs if "<" not in doc["text"]]  # media before the text in both interfaces
+    write_task(tasks / "rounds", rounds, name=ROUNDS_TASK, output_type="generate_until_multi_round", messages=False)
     video = [{**docs[0], "media": [["video", str(root / "clip.mp4")]]}]
     write_task(tasks / "video", video, name="mmmmodal_video")
     (tasks / "real").mkdir()
     real = _real_tasks(tasks / "real", media)
-    return {"root": root, "tasks": tasks, "docs": docs, "media": media, "checkpoint": sharp[2], "real": real}
+    return {"root": root, "tasks": tasks, "docs": docs, "media": media, "checkpoint": sharp[2], "real": real,
+            "round_docs": rounds}
 
 
 def model_args(setup, **extra) -> str:
@@ -150,14 +154,15 @@ def model_args(setup, **extra) -> str:
 
 @pytest.fixture(scope="session")
 def chat_run(lmms_python, eval_setup):
-    return run_lmms_eval(lmms_python, model_args(eval_setup), [MIXED_TASK, AUTO_TASK], eval_setup["tasks"],
-                         eval_setup["root"] / "chat4", batch_size=4).check(MIXED_TASK, AUTO_TASK)
+    tasks = [MIXED_TASK, AUTO_TASK, ROUNDS_TASK]
+    return run_lmms_eval(lmms_python, model_args(eval_setup), tasks, eval_setup["tasks"], eval_setup["root"] / "chat4",
+                         batch_size=4).check(*tasks)
 
 
 @pytest.fixture(scope="session")
 def simple_run(lmms_python, eval_setup):
     """The mixed task and its choices, and lmms-eval's own vocalsound and ai2d code (below), in one run."""
-    tasks = [MIXED_TASK, MC_TASK, VOCALSOUND, AI2D, AI2D_MC]
+    tasks = [MIXED_TASK, MC_TASK, ROUNDS_TASK, VOCALSOUND, AI2D, AI2D_MC]
     return run_lmms_eval(lmms_python, model_args(eval_setup), tasks, eval_setup["tasks"], eval_setup["root"] / "simple4",
                          batch_size=4, force_simple=True).check(*tasks)
 
@@ -172,6 +177,50 @@ def test_chat_interface_answers_equal_chat_session_at_batch_4(sharp, eval_setup,
 
 def test_simple_interface_answers_equal_chat_session_at_batch_4(sharp, eval_setup, simple_run):
     assert simple_run.answers(MIXED_TASK) == reference_answers(sharp[:2], eval_setup["docs"], "simple")
+
+
+def reference_rounds(model_and_processor, doc) -> list[str]:
+    """The three rounds of `doc_to_text_rounds`, each a fresh single-turn chat (the task's text carries the history)."""
+    media = [(kind, load(kind, path)) for kind, path in doc["media"]]
+    answers = [chat_answer(*model_and_processor, user_parts(doc["text"], media))]
+    answers.append(chat_answer(*model_and_processor, user_parts(f"You said {answers[-1]!r}. Once more?", media[:1])))
+    answers.append(chat_answer(*model_and_processor, user_parts("That makes 2 answers. Anything else?", [])))
+    return answers
+
+
+def test_multi_round_requests_run_every_round_in_both_interfaces(sharp, eval_setup, chat_run, simple_run):
+    """A `generate_until_multi_round` task (lmms-eval's protocol, as its ovo_forward task): each round's prompt
+    quotes the answer before, so a round that did not see the real earlier answer differs; the task itself
+    refuses round results or round info that were not handed back (and the run would write no samples)."""
+    expected = [reference_rounds(sharp[:2], doc) for doc in eval_setup["round_docs"]]
+    assert len(expected) == 5
+    for run in (chat_run, simple_run):
+        assert run.answers(ROUNDS_TASK) == expected
+        assert run.results["results"][ROUNDS_TASK]["rounds_answered,none"] == 3.0
+
+
+def test_data_parallel_under_accelerate_launch_scores_every_doc_as_one_process_does(lmms_python, eval_setup,
+                                                                                    simple_run, tmp_path):
+    """`accelerate launch` with two processes (on CPU, `--multi_gpu` picks its torchrun launcher and the processes
+    talk over gloo): each process answers its share and lmms-eval gathers them, so every doc is scored once, with the
+    answers (and choice losses) of the one-process run."""
+    from benchmarks.serve_load import free_port
+
+    launcher = [str(Path(lmms_python).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(free_port())]
+    tasks = [MIXED_TASK, MC_TASK, ROUNDS_TASK]
+    run = run_lmms_eval(lmms_python, model_args(eval_setup), tasks, eval_setup["tasks"], tmp_path, batch_size=2,
+                        force_simple=True, launcher=launcher).check(*tasks)
+    assert "Running on rank 1" in run.log
+    for task in tasks:
+        assert [s["doc_id"] for s in run.samples[task]] == [s["doc_id"] for s in simple_run.samples[task]]
+    assert run.answers(MIXED_TASK) == simple_run.answers(MIXED_TASK)
+    assert run.answers(ROUNDS_TASK) == simple_run.answers(ROUNDS_TASK)
+    for got, one in zip(run.answers(MC_TASK), simple_run.answers(MC_TASK)):
+        got, one = choice_scores(got), choice_scores(one)
+        assert [loss for loss, _ in got] == pytest.approx([loss for loss, _ in one], abs=1e-5)
+        assert [greedy for _, greedy in got] == [greedy for _, greedy in one]
+    assert run.results["results"][MC_TASK]["acc,none"] == simple_run.results["results"][MC_TASK]["acc,none"]
 
 
 def test_batch_1_answers_equal_too_and_remote_code_that_differs_is_warned(lmms_python, sharp, eval_setup, tmp_path):

@@ -16,7 +16,9 @@ processor renders and encodes (`apply_chat_template`), exactly as `ChatSession` 
   end included), after the prompt with the generation prompt; lmms-eval's multiple-choice scoring takes the
   argmin of these losses.
 - `generate_until_multi_round`: each round's prompt comes from the task (`doc_to_text` / `doc_to_messages` with
-  `round_idx` and the earlier outputs), as lmms-eval's own models run it; the answers of every round are returned.
+  `round_idx`, the earlier outputs and the round info it gave), as lmms-eval's own models run it. Simple: the
+  rounds' results are what the task's last `doc_to_text` returns (it may rewrite them), as in lmms-eval's simple HF
+  models; chat: every round's answer, as in its chat models.
 
 Bad input never scores silently: a video, a doc whose placeholders and media disagree, or media that cannot be
 read raise a `ValueError` naming the task and doc id (lmms-eval logs it and stops the run).
@@ -323,15 +325,17 @@ class _MMMModal(lmms):
             results.append((float(loss), bool((predicted.argmax(-1) == targets).all())))
         return results
 
-    def _generate_rounds(self, first: list[dict], next_round, gen_kwargs: dict, where: str) -> list[str]:
-        """Answers of a multi-round request: `next_round(round_idx, outputs, info)` gives the next round's messages
-        and info, or None when the task says it is done."""
+    def _generate_rounds(self, first: list[dict], next_round, gen_kwargs: dict, where: str) -> GenerationResult:
+        """The rounds of a multi-round request. `next_round(round_idx, outputs, info)` gives (the next round's
+        messages, or None when the task says it is done; the rounds' results so far; the info for the next call).
+        Wrapped in a `GenerationResult`, so that lmms-eval hands the list to the task as it is (a bare list of
+        two strings would be read as (text, metadata))."""
         outputs, messages, info, round_idx = [], first, None, 0
         while messages is not None:
-            outputs += self._generate_all([(messages, gen_kwargs, f"{where}, round {round_idx}")])
+            outputs = list(outputs) + self._generate_all([(messages, gen_kwargs, f"{where}, round {round_idx}")])
             round_idx += 1
-            messages, info = next_round(round_idx, list(outputs), info)
-        return outputs
+            messages, outputs, info = next_round(round_idx, outputs, info)
+        return GenerationResult(text=list(outputs))
 
 
 def _cut(text: str, until: list[str]) -> str:
@@ -356,15 +360,19 @@ class MMMModalSimple(_MMMModal):
                           gen_kwargs, where))
         return self._generate_all(items)
 
-    def generate_until_multi_round(self, requests) -> list[list[str]]:
+    def generate_until_multi_round(self, requests) -> list[GenerationResult]:
         results = []
         for context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split in (r.args for r in requests):
             doc, where = self.task_dict[task][split][doc_id], _where(task, doc_id)
 
             def next_round(round_idx, outputs, info, doc=doc, where=where, doc_to_text=doc_to_text):
-                visuals, text, terminal, _, info = doc_to_text(doc, previous_output=outputs, round_idx=round_idx,
-                                                               previous_round_info=info)
-                return (None, info) if terminal else (simple_messages(text, visuals or [], where), info)
+                payload = doc_to_text(doc, previous_output=outputs, round_idx=round_idx, previous_round_info=info)
+                if not (isinstance(payload, tuple) and len(payload) == 5):
+                    raise ValueError(f"{where}, round {round_idx}: a multi-round doc_to_text returns (visuals, text, "
+                                     f"terminal, round results, round info); got {_describe(payload)}.")
+                visuals, text, terminal, round_results, info = payload
+                round_results = outputs if round_results is None else round_results
+                return (None if terminal else simple_messages(text, visuals or [], where)), round_results, info
 
             first = simple_messages(context, (doc_to_visual(doc) if doc_to_visual else None) or [], where)
             results.append(self._generate_rounds(first, next_round, gen_kwargs, where))
@@ -383,16 +391,17 @@ class MMMModalChat(_MMMModal):
             items.append((chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]), where), gen_kwargs, where))
         return self._generate_all(items)
 
-    def generate_until_multi_round(self, requests) -> list[list[str]]:
+    def generate_until_multi_round(self, requests) -> list[GenerationResult]:
         results = []
         for _, doc_to_messages, gen_kwargs, doc_id, task, split in (request.args for request in requests):
             doc, where = self.task_dict[task][split][doc_id], _where(task, doc_id)
 
             def next_round(round_idx, outputs, info, doc=doc, where=where, doc_to_messages=doc_to_messages):
+                """lmms-eval's chat protocol: (messages, terminal, outputs, info); anything else ends the request."""
                 payload = doc_to_messages(doc, round_idx=round_idx, previous_output=outputs, previous_round_info=info)
                 if not (isinstance(payload, tuple) and len(payload) == 4) or payload[1]:
-                    return None, info
-                return chat_messages(payload[0], where), payload[3]
+                    return None, outputs, info
+                return chat_messages(payload[0], where), outputs, payload[3]
 
             results.append(self._generate_rounds(chat_messages(doc_to_messages(doc), where), next_round, gen_kwargs, where))
         return results
