@@ -1,7 +1,7 @@
 """vLLM (with this package's plugin) vs `mmmmodal serve` on the same checkpoint, under a realistic open load.
 
     MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks --only vllm_serve
-    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks.vllm_serve --requests 12 [--rates 0.25,0.5,1,2] [--start 1]
+    MMMMODAL_VLLM_PYTHON=.venv-vllm/bin/python python -m benchmarks.vllm_serve [--seconds 20] [--requests 12] [--start 1]
 
 vLLM runs from its own venv (it pins transformers <5.20): README, "Serving at scale with vLLM", makes one;
 `MMMMODAL_VLLM_PYTHON` names its python. Without it this benchmark reports that it was skipped, and why.
@@ -9,7 +9,9 @@ vLLM runs from its own venv (it pins transformers <5.20): README, "Serving at sc
 One checkpoint (hidden 512, 8 layers, heads of 64, which vLLM's CPU attention takes; random weights) is served by
 each server in turn, alone on the machine, and both get the same seeded request list: Poisson arrivals (at each
 rate, the same unit-rate arrival times divided by the rate), prompts that mix text only, one image, one clip and
-image + clip, and an output budget (`max_tokens`) drawn from 8-256, streamed and greedy. Each server's rates are
+image + clip, and an output budget (`max_tokens`) drawn from 8-256, streamed and greedy. At each rate the list's
+first requests are sent: at least `--requests`, and as many as arrive within `--seconds` (at most
+`--max-requests`), so that a high rate is a sustained load and not a burst of a dozen. Each server's rates are
 searched on a doubling grid (1/32 ... 128 req/s): from 1 req/s up while p99 time to first token (TTFT) stays under
 2 s, or down while it does not, so each server's limit lands between two neighbouring rates. For each rate tried:
 generated tokens per second (sum of `usage.completion_tokens` over the time from the first arrival to the last
@@ -20,6 +22,7 @@ the bound). On CPU, float32, wall clock.
 
 import argparse
 import base64
+import bisect
 import io
 import json
 import math
@@ -108,6 +111,9 @@ KINDS = ("text", "image", "audio", "image + audio")
 RATES = tuple(2.0 ** k for k in range(-5, 8))  # requests per second: 1/32 ... 128, doubling
 START_RATE = 1.0  # where the search for each server's limit starts
 TTFT_GOAL_S = 2.0
+SECONDS = 20.0  # each rate's arrivals span at least this long (a sustained load, not a burst)
+LEAST_REQUESTS = 12
+MAX_REQUESTS = 400
 LOAD_SIZES = dict(hidden_size=512, layers=8, heads=8)  # decode is not all overhead; head size 64
 
 
@@ -126,6 +132,14 @@ def request_list(n: int, seed: int = 0, max_tokens=(8, 256)) -> list[Request]:
     kinds = rng.integers(0, len(KINDS), n)
     budgets = rng.integers(max_tokens[0], max_tokens[1] + 1, n)
     return [Request(float(a - arrivals[0]), KINDS[k], int(b), i) for i, (a, k, b) in enumerate(zip(arrivals, kinds, budgets))]
+
+
+def requests_at(pool: list[Request], rate: float, least: int = LEAST_REQUESTS, seconds: float = SECONDS
+                ) -> list[Request]:
+    """The first requests of `pool` sent at `rate`: at least `least`, and every one that arrives within `seconds`
+    at that rate (all of `pool` at most)."""
+    within = bisect.bisect_right([r.arrival for r in pool], rate * seconds)
+    return pool[: max(least, within)]
 
 
 def request_body(request: Request) -> dict:
@@ -198,17 +212,17 @@ def run_rate(url: str, requests: list[Request], rate: float, drain_timeout_s: fl
 
     results, errors, seconds = asyncio.run(drive())
     ttft, e2e, tokens = [r[0] for r in results], [r[1] for r in results], sum(r[2] for r in results)
-    return {"rate": rate, "requests": len(results), "errors": errors, "tokens": tokens, "seconds": round(seconds, 2),
+    return {"rate": rate, "sent": len(requests), "requests": len(results), "errors": errors, "tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "ttft_p50_s": _percentile(ttft, 50), "ttft_p99_s": _percentile(ttft, 99),
             "e2e_p50_s": _percentile(e2e, 50), "e2e_p99_s": _percentile(e2e, 99)}
 
 
-def sweep(url: str, requests: list[Request], rates, start: float = START_RATE) -> list[dict]:
-    """`run_rate` on the grid `rates`, after one warm-up request, searching for the server's limit: `search` from
-    the rate nearest `start`. The figures, lowest rate first."""
-    run_rate(url, [Request(0.0, "image + audio", 2, len(requests))], 1.0)
-    return search(rates, lambda rate: run_rate(url, requests, rate), start)
+def sweep(url: str, requests_for, rates, start: float = START_RATE) -> list[dict]:
+    """`run_rate` on the grid `rates` with `requests_for(rate)`, after one warm-up request, searching for the
+    server's limit: `search` from the rate nearest `start`. The figures, lowest rate first."""
+    run_rate(url, [Request(0.0, "image + audio", 2, 10**6)], 1.0)
+    return search(rates, lambda rate: run_rate(url, requests_for(rate), rate), start)
 
 
 def search(rates, measure, start: float = START_RATE) -> list[dict]:
@@ -218,6 +232,8 @@ def search(rates, measure, start: float = START_RATE) -> list[dict]:
     grid = sorted(set(float(r) for r in rates))
     if not grid or grid[0] <= 0:
         raise ValueError(f"rates must be positive, got {list(rates)}")
+    if not start > 0:
+        raise ValueError(f"the start rate must be positive (req/s), got {start}")
     i = min(range(len(grid)), key=lambda k: abs(math.log(grid[k] / start)))
     figures = [measure(grid[i])]
     up = sustains(figures[0])
@@ -266,25 +282,28 @@ def ratio_text(vllm: list[dict], ours: list[dict]) -> tuple[str, float | None]:
     return words + "; the ratio is not bracketed", None
 
 
-def compare(python, checkpoint, requests: list[Request], rates, log_dir: Path, start: float = START_RATE) -> dict:
-    """Both servers on `checkpoint`, one after the other, the same request list and rates; their figures by name."""
-    figures = {}
+def compare(python, checkpoint, pool: list[Request], rates, log_dir: Path, start: float = START_RATE,
+            least: int = LEAST_REQUESTS, seconds: float = SECONDS) -> dict:
+    """Both servers on `checkpoint`, one after the other, the same requests (`requests_at`) and rates; their
+    figures by name."""
+    figures, requests_for = {}, lambda rate: requests_at(pool, rate, least, seconds)
     with vllm_server(python, checkpoint, log_path=log_dir / "vllm.log") as (_, url):
-        figures["vllm"] = sweep(url, requests, rates, start)
-    args = ["--api-key", API_KEY, "--max-new-tokens", str(max(r.max_tokens for r in requests)),
+        figures["vllm"] = sweep(url, requests_for, rates, start)
+    args = ["--api-key", API_KEY, "--max-new-tokens", str(max(r.max_tokens for r in pool)),
             "--max-batch-size", "16", "--model-name", MODEL, "--log-level", "warning"]
     with server_process(checkpoint, *args, log_path=log_dir / "mmmmodal.log") as (_, url):
-        figures["mmmmodal_serve"] = sweep(url, requests, rates, start)
+        figures["mmmmodal_serve"] = sweep(url, requests_for, rates, start)
     return figures
 
 
 def rows_from(figures: dict, requests: list[Request], size: str) -> list[Row]:
-    case = (f"{size}, {len(requests)} streamed req per rate (Poisson; text / image / audio / both; "
+    """The rows of `compare`'s figures; `requests` is the pool the rates took their requests from."""
+    case = (f"{size}, streamed requests (Poisson; text / image / audio / both; "
             f"max_tokens {min(r.max_tokens for r in requests)}-{max(r.max_tokens for r in requests)}), CPU, wall clock")
     rows = []
     for server, runs in figures.items():
         for f in runs:
-            rows.append(Row("vllm_serve", f"{case}: {server} at {f['rate']:g} req/s",
+            rows.append(Row("vllm_serve", f"{case}: {server} at {f['rate']:g} req/s ({f['sent']} requests)",
                             f"{f['tokens_per_s']:.0f} tok/s; TTFT p50 {f['ttft_p50_s']:.2f} s, p99 "
                             f"{f['ttft_p99_s']:.2f} s; end-to-end p50 {f['e2e_p50_s']:.2f} s, p99 {f['e2e_p99_s']:.2f} s"
                             f"{'; errors: ' + str(len(f['errors'])) if f['errors'] else ''}", extra=f))
@@ -294,29 +313,44 @@ def rows_from(figures: dict, requests: list[Request], size: str) -> list[Row]:
     return rows
 
 
-def main(quick: bool = False, repeats=None, rates=None, requests: int | None = None,
-         start: float = START_RATE) -> list[Row]:
+def main(quick: bool = False, repeats=None, rates=None, requests: int | None = None, start: float = START_RATE,
+         seconds: float | None = None, max_requests: int = MAX_REQUESTS) -> list[Row]:
     python, why = vllm_python()
     if python is None:
         return [Row("vllm_serve", "vLLM vs mmmmodal serve", f"skipped: {why}")]
     rates = rates or ((0.5, 1.0, 2.0) if quick else RATES)
-    load = request_list(requests or (6 if quick else 12), seed=0)
+    least = requests or (6 if quick else LEAST_REQUESTS)
+    seconds = (0.0 if quick else SECONDS) if seconds is None else seconds
+    if least < 1 or seconds < 0 or max_requests < least:
+        raise ValueError(f"need 1 <= requests <= max_requests and seconds >= 0; got requests {least}, "
+                         f"max_requests {max_requests}, seconds {seconds}")
+    load = request_list(max_requests, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         from mmmmodal.tiny import TinySizes
 
         checkpoint = build_checkpoint(Path(tmp), sizes=TinySizes(**LOAD_SIZES))[2]
-        figures = compare(python, checkpoint, load, rates, Path(tmp), start)
+        figures = compare(python, checkpoint, load, rates, Path(tmp), start, least, seconds)
     return rows_from(figures, load, "hidden 512, 8 layers")
 
 
 def cli(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.vllm_serve", description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES), help="requests per second, a,b,c")
-    parser.add_argument("--requests", type=int, default=12, help="requests per rate")
+    parser.add_argument("--requests", type=int, default=LEAST_REQUESTS, help="the fewest requests sent at a rate")
+    parser.add_argument("--seconds", type=float, default=SECONDS,
+                        help="each rate also sends every request that arrives within this many seconds")
+    parser.add_argument("--max-requests", type=int, default=MAX_REQUESTS, help="the most requests sent at a rate")
     parser.add_argument("--start", type=float, default=START_RATE,
                         help="the rate each server's search starts from (then up or down the grid)")
     args = parser.parse_args(argv)
-    rows = main(rates=[float(r) for r in args.rates.split(",")], requests=args.requests, start=args.start)
+    rates = [float(r) for r in args.rates.split(",")]
+    if args.start <= 0 or min(rates) <= 0:
+        parser.error(f"--start and --rates must be positive rates in req/s, got {args.start:g} and {args.rates}")
+    if not 1 <= args.requests <= args.max_requests or args.seconds < 0:
+        parser.error(f"need 1 <= --requests ({args.requests}) <= --max-requests ({args.max_requests}) and "
+                     f"--seconds >= 0 ({args.seconds:g})")
+    rows = main(rates=rates, requests=args.requests, start=args.start, seconds=args.seconds,
+                max_requests=args.max_requests)
     print(json.dumps([vars(r) for r in rows], indent=1, default=str))
     return 0 if all(r.met is not False for r in rows) else 1
 

@@ -144,3 +144,26 @@ def test_the_load_benchmark_gives_a_ratio_only_when_both_limits_are_bracketed():
     assert ratio is None and "vLLM 16 req/s (the highest tried)" in words and "at least 64x" in words, words
     with pytest.raises(ValueError, match="rates must be positive"):
         search((0, 1), _fake_server(1.0, []))
+
+
+def test_the_load_benchmark_sends_a_sustained_load_at_high_rates():
+    """Each rate sends at least `least` requests and every one arriving within `seconds`: a high rate is a load
+    that lasts, not a burst of a dozen; the same pool's prefix, so both servers get the same requests."""
+    from benchmarks.vllm_serve import request_list, requests_at
+
+    pool = request_list(400, seed=0)
+    low, high, capped = (requests_at(pool, rate, least=12, seconds=20) for rate in (0.125, 4.0, 128.0))
+    assert len(low) == 12  # 20 s at 0.125 req/s holds fewer than 12 arrivals
+    assert 60 <= len(high) <= 100 and high[-1].arrival / 4.0 <= 20 < pool[len(high)].arrival / 4.0
+    assert capped == pool and high == pool[: len(high)]
+    assert requests_at(pool, 128.0, least=6, seconds=0) == pool[:6]  # the quick run: a fixed count
+
+
+def test_the_load_benchmark_cli_refuses_rates_that_are_not_positive(capsys):
+    from benchmarks.vllm_serve import cli
+
+    for argv in (["--start", "0"], ["--rates", "0,1"], ["--requests", "0"], ["--requests", "50", "--max-requests", "10"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli(argv)
+        assert exit_info.value.code == 2
+    assert "--start and --rates must be positive" in capsys.readouterr().err
