@@ -109,7 +109,16 @@ def test_composing_today_gives_the_checkpoint_saved_before_the_move(tmp_path):
     assert config == saved
     ours, theirs = load_file(path / "model.safetensors"), load_file(CHECKPOINT / "model.safetensors")
     assert sorted(ours) == sorted(theirs)
-    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    # The rows of tokens the composition adds are drawn by transformers' mean resizing, a sample through the
+    # Cholesky factor of the old rows' covariance, whose last bits follow the BLAS build (1e-10 apart on two
+    # machines with the same packages). Those rows match to 1e-6; every other value matches exactly.
+    old_vocab = json.loads((path.parent / "build" / "parts" / "text" / "config.json").read_text())["vocab_size"]
+    for name in ours:
+        if ours[name].shape[:1] == (config["text_config"]["vocab_size"],) and ours[name].shape[0] > old_vocab:
+            assert torch.equal(ours[name][:old_vocab], theirs[name][:old_vocab]), name
+            torch.testing.assert_close(ours[name][old_vocab:], theirs[name][old_vocab:], rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(ours[name], theirs[name]), name
 
 
 if __name__ == "__main__":
