@@ -19,6 +19,20 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lmms_python(tmp_path_factory):
+    """The python of a venv with lmms-eval 0.7.3 and this checkout (`MMMMODAL_LMMS_EVAL_PYTHON` names one already
+    built), for test_lmms_eval and test_vllm's lmms-eval client runs; built once per session."""
+    from benchmarks.lmms_eval_batch import LMMS_EVAL_REQUIREMENTS, NOT_WANTED, lmms_eval_python
+    from tests._venvs import REPO, create_venvs
+
+    given, _ = lmms_eval_python()
+    if given is not None:
+        return given
+    return create_venvs(tmp_path_factory.mktemp("lmms_eval_venv"),
+                        {"lmms_eval": [*LMMS_EVAL_REQUIREMENTS, f"-e {REPO}"]}, uninstall={"lmms_eval": NOT_WANTED})["lmms_eval"]
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tiny, tmp_path_factory):
     """The tiny model saved as a remote-code checkpoint folder."""
     model, processor = tiny

