@@ -66,10 +66,13 @@ class DemoSettings:
     stage2_lr: float = 2e-3
     curriculum_steps: int = 800  # stage 2 starts on simple conversations, their share falling to 0 over these steps
     caption_share: float = 0.1  # and keeps this share of caption rows all along
-    # stage 2's training mix (not the held-out one): twice the comparisons of two pictures or two clips, which
-    # learn slowest (they need "which picture?" worked out first)
-    boost: dict = field(default_factory=lambda: {"image_image_colour": 2.0, "image_image_more": 2.0,
-                                                 "audio_audio_pitch": 2.0, "audio_audio_more": 2.0})
+    # stage 2's training mix (not the held-out one): the comparisons learn slowest (they need "which picture?"
+    # worked out first), so those of two pictures or two clips get 3x their held-out weight and those of a picture
+    # and a clip 2x; single-media questions are learned early and keep theirs (seed 1: cross-media 0.801 with 2x
+    # on the first four only, 0.892 with this, 0.885 with 4x / 3x; docs/demo.md)
+    boost: dict = field(default_factory=lambda: {"image_image_colour": 3.0, "image_image_more": 3.0,
+                                                 "audio_audio_pitch": 3.0, "audio_audio_more": 3.0,
+                                                 "image_audio_same_count": 2.0, "image_audio_more": 2.0})
     warmup_steps: int = 20
     decay_fraction: float = 0.3  # the learning rate holds after warmup, then decays over this last share of a stage
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
