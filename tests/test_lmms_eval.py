@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from PIL import Image
 
 from benchmarks.lmms_eval_batch import MIXED_TASK, mixed_docs, run_lmms_eval, write_media, write_task
 from mmmmodal.chat import ChatSession
@@ -26,6 +24,8 @@ from mmmmodal.cli import main
 from mmmmodal.evaluation import synthetic_task
 from processing.synthetic_eval import evaluate
 from processing.synthetic_questions import QUESTION_TYPES
+from tests._lmms_route import ROUTE_DOCS, route_docs
+from tests._lmms_route import load_media as load
 from tests._venvs import REPO
 
 MAX_NEW_TOKENS = 8
@@ -35,14 +35,6 @@ ROUNDS_TASK = "mmmmodal_rounds"  # generate_until_multi_round: three rounds from
 
 
 # ---------------------------------------------------------------------------------------------- reference
-def load(kind, path):
-    if kind == "image":
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    array, rate = sf.read(path, dtype="float32")
-    return {"array": array, "sampling_rate": rate}
-
-
 def user_parts(text: str, media: list) -> list[dict]:
     """The user turn as ChatSession content parts: media at the placeholders, else before the text."""
     pieces = re.split(r"(<image>|<audio>)", text)
@@ -441,10 +433,6 @@ def test_mmmmodal_eval_writes_the_task_folder_and_refuses_without_lmms_eval(synt
 
 # ---------------------------------------------------------------------------------------------- the serving route
 ROUTE_TASK = "mmmmodal_route"
-# (text, media, as paths): each media kind as an object and as a path, and one text with placeholders
-ROUTE_DOCS = [("What colour is this?", [("image", 0)], False), ("Describe it.", [("image", 1)], True),
-              ("What do you hear?", [("audio", 0)], False), ("Is this loud?", [("audio", 1)], True),
-              ("Does <audio> match <image>?", [("audio", 1), ("image", 1)], False)]
 
 
 def test_the_serving_route_carries_images_and_audio_files_and_drops_or_fails_the_rest(lmms_python, sharp, eval_setup,
@@ -459,10 +447,7 @@ def test_the_serving_route_carries_images_and_audio_files_and_drops_or_fails_the
     from benchmarks.serve_load import server_process
 
     media = eval_setup["media"]
-    docs = [{"id": i, "text": text, "media": [[kind, media[kind, k]] for kind, k in items], "history": [],
-             "as_paths": as_paths, "visual_paths": as_paths, "choices": [], "gold": 0}
-            for i, (text, items, as_paths) in enumerate(ROUTE_DOCS)]
-    write_task(tmp_path / "tasks", docs, name=ROUTE_TASK)
+    write_task(tmp_path / "tasks", route_docs(media), name=ROUTE_TASK)
     model, processor, checkpoint = sharp
     key, name = "route-key", "tiny-mmmmodal"
     args = ["--api-key", key, "--model-name", name, "--max-new-tokens", str(MAX_NEW_TOKENS), "--log-level", "warning",

