@@ -7,8 +7,6 @@ ids, so offsets (for `return_assistant_tokens_mask`) stay those of the caller's 
 This file ships with every checkpoint: it imports only numpy, transformers and `.configuration_mmmmodal`.
 """
 
-import math
-
 import numpy as np
 from transformers.audio_utils import load_audio
 from transformers.feature_extraction_utils import BatchFeature
@@ -177,12 +175,10 @@ class MMMModalProcessor(ProcessorMixin):
     def _log_mel(self, windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(features `(W, mel bins, window frames)`, mask `(W, window frames)` of the frames that hold audio).
 
-        The feature extractor pads every window to 30 s and runs the STFT over all of it, so a 2 s clip costs as
-        much as a 30 s one. Here it runs over each window's samples plus the `n_fft` zeros after them that the
-        frames at its end read (the batch padded to its longest), and every later frame, which the padded
-        computation fills from zeros alone, takes the value it would get there: log10 of the floor 1e-10, raised to
-        the window's maximum - 8 (`(max(-10, M - 8) + 4) / 4` = `max(-1.5, highest feature - 2)`). The result equals
-        the padded computation's (to float32 rounding) on every frame the encoder reads.
+        The extractor would pad every window to 30 s and run the STFT over all of it. Here it runs over the samples
+        plus the `n_fft` zeros that the last frames read; every later frame takes the value the padded computation
+        gives a frame of zeros: `(max(-10, M - 8) + 4) / 4` = `max(-1.5, highest feature - 2)`. Equal to the padded
+        result, to float32 rounding, on every frame the encoder reads.
         """
         extractor = self.feature_extractor
         hop, frames, full = extractor.hop_length, extractor.nb_max_frames, extractor.n_samples
@@ -319,37 +315,21 @@ class MMMModalProcessor(ProcessorMixin):
         return {**image_data, **audio_data}, _regroup(image_tokens, per_sample_images), _regroup(audio_tokens, per_sample_audio)
 
     def _pad(self, all_ids, all_offsets, kwargs) -> dict:
-        padding = kwargs.get("padding", False)
-        lengths = [len(ids) for ids in all_ids]
-        if padding in (True, "longest"):
-            target = max(lengths)
-        elif padding == "max_length":
-            target = kwargs.get("max_length") or max(lengths)
-        else:
-            target = None
-        multiple = kwargs.get("pad_to_multiple_of")
-        if target is not None and multiple:
-            target = int(math.ceil(target / multiple) * multiple)
+        """The tokenizer's own padding; offsets are padded zero-width, at the text's end on the right so that they
+        stay in order."""
+        padding, max_length = kwargs.get("padding", False), kwargs.get("max_length")
+        if padding == "max_length" and not max_length:
+            max_length = max(len(ids) for ids in all_ids)
         side = kwargs.get("padding_side") or self.tokenizer.padding_side
-        pad_id = self.tokenizer.pad_token_id
-        data = {"input_ids": [], "attention_mask": []}
+        data = dict(self.tokenizer.pad({"input_ids": all_ids}, padding=padding, max_length=max_length,
+                                       pad_to_multiple_of=kwargs.get("pad_to_multiple_of"), padding_side=side,
+                                       return_attention_mask=True, verbose=False))
         if all_offsets is not None:
             data["offset_mapping"] = []
-        for s, ids in enumerate(all_ids):
-            n_pad = 0 if target is None else max(target - len(ids), 0)
-            mask = [1] * len(ids)
-            offsets = list(all_offsets[s]) if all_offsets is not None else None
-            if side == "left":
-                ids, mask = [pad_id] * n_pad + ids, [0] * n_pad + mask
-                offsets = [(0, 0)] * n_pad + offsets if offsets is not None else None
-            else:  # padding offsets are zero-width at the text's end, so that offsets stay in order
-                ids, mask = ids + [pad_id] * n_pad, mask + [0] * n_pad
-                end = max((stop for _, stop in offsets), default=0) if offsets is not None else 0
-                offsets = offsets + [(end, end)] * n_pad if offsets is not None else None
-            data["input_ids"].append(ids)
-            data["attention_mask"].append(mask)
-            if offsets is not None:
-                data["offset_mapping"].append(offsets)
+            for offsets, ids in zip(all_offsets, data["input_ids"]):
+                end = max((stop for _, stop in offsets), default=0)
+                padded = [(0, 0) if side == "left" else (end, end)] * (len(ids) - len(offsets))
+                data["offset_mapping"].append(padded + list(offsets) if side == "left" else list(offsets) + padded)
         return data
 
     # ----------------------------------------------------------------------------------------------- chat
