@@ -5,7 +5,9 @@ checkpoint saved by the project's venv must load there with remote code only, re
 and audio, generate the same tokens, mark the same assistant tokens, follow transformers' model and processor
 conventions, and save again. `trl sft` must train it at the lowest and highest release training supports (TRL's
 assistant-only loss on vision data needs transformers >= 5.18). A release outside the supported range is refused
-when the checkpoint loads, with the range named.
+when the checkpoint loads, with the range named. The newest Python (3.13) gets README's plain install of this
+package (torch 2.13.0 is PyPI's CUDA build there, the only one for 3.13), the quick demo and the same remote-code
+load; it is skipped, with the reason, on a machine without a Python 3.13.
 """
 
 import json
@@ -21,7 +23,7 @@ import torch
 from conftest import random_audio, random_image
 
 from tests._training_rows import mixed_rows, write_dataset
-from tests._venvs import create_venvs
+from tests._venvs import CONSTRAINTS, NEWEST_PYTHON, REPO, create_venvs, find_python
 from tests._weights import changed_parts
 
 # The ends of the supported ranges (setup.py, README "Supported versions"), and one release below them.
@@ -35,12 +37,16 @@ TRAIN_STACK = ["trl", "accelerate", "datasets"]
 @pytest.fixture(scope="session")
 def venvs(tmp_path_factory):
     root = tmp_path_factory.mktemp("compat_venvs")
-    return create_venvs(root, {
+    specs = {
         "floor": [f"transformers=={FLOOR}", *LOAD_STACK],
         "training_floor": [f"transformers=={TRAINING_FLOOR}", *LOAD_STACK, *TRAIN_STACK],
         "newest": [f"transformers=={NEWEST}", *LOAD_STACK, *TRAIN_STACK],
         "unsupported": [f"transformers=={UNSUPPORTED}"],
-    })
+    }
+    newest_python = find_python(NEWEST_PYTHON)
+    if newest_python:  # README's first command there, in parallel with the others (its downloads wait on the network)
+        specs["newest_python"] = [f"-e {REPO}", f"-c {CONSTRAINTS}"]
+    return create_venvs(root, specs, interpreters={"newest_python": newest_python} if newest_python else None)
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +95,30 @@ def test_remote_code_checkpoint_behaves_alike(lane, version, venvs, tiny_checkpo
                                      "audio_features_tuple")} == {"tuple"}
     assert conventions["logits_in_tuple"] and conventions["processor_round_trip"]
     assert conventions["processor_auto_map"] == {"AutoProcessor": "processing_mmmmodal.MMMModalProcessor"}
+
+
+def test_the_newest_python_installs_runs_the_quick_demo_and_a_remote_code_checkpoint(venvs, tiny_checkpoint,
+                                                                                   compat_media, project_report,
+                                                                                   tmp_path):
+    if "newest_python" not in venvs:
+        pytest.skip(f"no Python {NEWEST_PYTHON} here (MMMMODAL_PYTHON_{NEWEST_PYTHON.replace('.', '_')}, "
+                    f"python{NEWEST_PYTHON} on PATH, or pyenv's versions/{NEWEST_PYTHON}.*)")
+    python = venvs["newest_python"]
+    version = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.stdout.strip() == NEWEST_PYTHON, version.stderr
+    report = probe(python, tiny_checkpoint, compat_media, tmp_path / "report.json")
+    assert report["transformers"] == project_report["transformers"]  # constraints.txt's pin, as in this venv
+    assert report["model_module"].startswith("transformers_modules")
+    assert report["first"]["input_ids"] == project_report["first"]["input_ids"]
+    torch.testing.assert_close(torch.tensor(report["first"]["logits"]), torch.tensor(project_report["first"]["logits"]),
+                               atol=1e-5, rtol=1e-5)
+    assert report["first"]["tokens"] == project_report["first"]["tokens"]
+    assert report["masks"] == project_report["masks"]
+    demo = subprocess.run([str(python.with_name("mmmmodal")), "demo", "--quick", "--out", str(tmp_path / "demo")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-4000:]
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["quick"] is True
 
 
 def test_the_masks_mark_assistant_text_only(project_report, tiny):

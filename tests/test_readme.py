@@ -50,11 +50,15 @@ PYTHON_3_10 = sorted(Path("/root/.pyenv/versions").glob("3.10.*/bin/python3.10")
 
 
 def test_the_declared_python_is_the_one_tested():
-    """setup.py's python_requires holds the Python CI runs, and README names both."""
+    """setup.py's python_requires holds the Python CI runs, and README names it and the newest Python the
+    compatibility lane installs on."""
+    from tests._venvs import NEWEST_PYTHON
+
     setup = (ROOT / "setup.py").read_text()
     assert 'python_requires=">=3.11",' in setup and sys.version_info[:2] >= (3, 11)
-    readme = (ROOT / "README.md").read_text()
-    assert 'Python: 3.11 and later (`python_requires=">=3.11"`' in readme and "CI tests 3.11." in readme
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert 'Python: 3.11 and later (`python_requires=">=3.11"`' in readme and "CI runs the suite on 3.11" in readme
+    assert f"installs the package on {NEWEST_PYTHON} too" in readme
 
 
 @pytest.mark.skipif(not PYTHON_3_10, reason="no Python 3.10 on this machine (a new machine has only 3.11)")
