@@ -8,7 +8,7 @@ own dependencies (5.16.1 needs huggingface_hub < 2). `-e PATH[extra]` installs a
 vLLM's venv) as it is; `-c FILE` applies a constraints file to the whole install, as README's commands do. Venvs
 are built in parallel, once per test session; the torch folder is shared by every call. A venv made with another
 interpreter (`interpreters`, the newest Python lane) cannot read that folder: it installs torch 2.13.0 itself, which
-on any Python but 3.11 is PyPI's CUDA build (about 5 GB installed), before its requirements.
+on any Python but 3.11 is PyPI's CUDA build (about 5 GB installed), before its requirements, without pip's cache.
 """
 
 import glob
@@ -88,7 +88,8 @@ def create_venvs(root: Path, specs: dict[str, list[str]], uninstall: dict[str, l
         python = folder / "bin" / "python"
         purelib = f"$({python} -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
         pip = f"{python} -m pip -q --disable-pip-version-check --no-input"
-        if name in interpreters:
+        if name in interpreters:  # no copy of its downloads (3 GB) left in pip's cache after the session
+            pip += " --no-cache-dir"
             torch = f"{interpreters[name]} -m venv {folder}; {pip} install torch==2.13.0"
         else:
             torch = f"{sys.executable} -m venv {folder}; echo {torch_site} > {purelib}/shared-torch.pth"

@@ -13,6 +13,7 @@ load; it is skipped, with the reason, on a machine without a Python 3.13.
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,20 @@ def venvs(tmp_path_factory):
     return create_venvs(root, specs, interpreters={"newest_python": newest_python} if newest_python else None)
 
 
+@pytest.fixture
+def newest_python(venvs):
+    """The newest Python's venv, removed after its one test: its CUDA torch is about 5 GB that no later test needs,
+    and CI's disk is shared with the vLLM and lmms-eval venvs built after it (with it kept, vLLM's install ran out
+    of space)."""
+    if "newest_python" not in venvs:
+        pytest.skip(f"no Python {NEWEST_PYTHON} here (MMMMODAL_PYTHON_{NEWEST_PYTHON.replace('.', '_')}, "
+                    f"python{NEWEST_PYTHON} on PATH, or pyenv's versions/{NEWEST_PYTHON}.*)")
+    python = venvs["newest_python"]
+    yield python
+    shutil.rmtree(python.parents[1])
+    del venvs["newest_python"]
+
+
 @pytest.fixture(scope="session")
 def compat_media(tmp_path_factory) -> Path:
     """Two images and two clips of 16 kHz float WAV: every audio decoder reads them to the same samples."""
@@ -75,20 +90,26 @@ def project_report(tiny_checkpoint, compat_media, tmp_path_factory) -> dict:
     return probe(sys.executable, tiny_checkpoint, compat_media, tmp_path_factory.mktemp("probe") / "project.json")
 
 
+def assert_runs_like_the_project(report: dict, project_report: dict):
+    """The checkpoint ran through remote code and gave the project's ids, logits, greedy tokens and masks."""
+    assert report["model_module"].startswith("transformers_modules")
+    first, ours = report["first"], project_report["first"]
+    assert first["input_ids"] == ours["input_ids"]
+    torch.testing.assert_close(torch.tensor(first["logits"]), torch.tensor(ours["logits"]), atol=1e-5, rtol=1e-5)
+    assert first["tokens"] == ours["tokens"]  # greedy, with the KV cache
+    assert report["masks"] == project_report["masks"]
+
+
 @pytest.mark.parametrize("lane, version", [("floor", FLOOR), ("newest", NEWEST)])
 def test_remote_code_checkpoint_behaves_alike(lane, version, venvs, tiny_checkpoint, compat_media, project_report,
                                               tmp_path):
     report = probe(venvs[lane], tiny_checkpoint, compat_media, tmp_path / "report.json")
     assert report["transformers"] == version
-    assert report["model_module"].startswith("transformers_modules")
     assert (report["config_class"], report["model_class"]) == ("MMMModalConfig", "MMMModalForConditionalGeneration")
-    first, ours = report["first"], project_report["first"]
-    assert first["input_ids"] == ours["input_ids"]
-    torch.testing.assert_close(torch.tensor(first["logits"]), torch.tensor(ours["logits"]), atol=1e-5, rtol=1e-5)
-    assert first["tokens"] == ours["tokens"]  # greedy, with the KV cache
-    assert report["image_text_to_text"] == ours["tokens"]
-    assert report["resaved"] == ours["tokens"]  # saved again by this release, loaded again
-    assert report["masks"] == project_report["masks"]
+    assert_runs_like_the_project(report, project_report)
+    ours = project_report["first"]["tokens"]
+    assert report["image_text_to_text"] == ours
+    assert report["resaved"] == ours  # saved again by this release, loaded again
     conventions = report["conventions"]
     assert conventions == project_report["conventions"]
     assert {conventions[k] for k in ("model_tuple", "base_tuple", "image_features_tuple",
@@ -97,26 +118,17 @@ def test_remote_code_checkpoint_behaves_alike(lane, version, venvs, tiny_checkpo
     assert conventions["processor_auto_map"] == {"AutoProcessor": "processing_mmmmodal.MMMModalProcessor"}
 
 
-def test_the_newest_python_installs_runs_the_quick_demo_and_a_remote_code_checkpoint(venvs, tiny_checkpoint,
+def test_the_newest_python_installs_runs_the_quick_demo_and_a_remote_code_checkpoint(newest_python, tiny_checkpoint,
                                                                                    compat_media, project_report,
                                                                                    tmp_path):
-    if "newest_python" not in venvs:
-        pytest.skip(f"no Python {NEWEST_PYTHON} here (MMMMODAL_PYTHON_{NEWEST_PYTHON.replace('.', '_')}, "
-                    f"python{NEWEST_PYTHON} on PATH, or pyenv's versions/{NEWEST_PYTHON}.*)")
-    python = venvs["newest_python"]
-    version = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+    version = subprocess.run([str(newest_python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, timeout=60)
     assert version.stdout.strip() == NEWEST_PYTHON, version.stderr
-    report = probe(python, tiny_checkpoint, compat_media, tmp_path / "report.json")
+    report = probe(newest_python, tiny_checkpoint, compat_media, tmp_path / "report.json")
     assert report["transformers"] == project_report["transformers"]  # constraints.txt's pin, as in this venv
-    assert report["model_module"].startswith("transformers_modules")
-    assert report["first"]["input_ids"] == project_report["first"]["input_ids"]
-    torch.testing.assert_close(torch.tensor(report["first"]["logits"]), torch.tensor(project_report["first"]["logits"]),
-                               atol=1e-5, rtol=1e-5)
-    assert report["first"]["tokens"] == project_report["first"]["tokens"]
-    assert report["masks"] == project_report["masks"]
-    demo = subprocess.run([str(python.with_name("mmmmodal")), "demo", "--quick", "--out", str(tmp_path / "demo")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert_runs_like_the_project(report, project_report)
+    demo = subprocess.run([str(newest_python.with_name("mmmmodal")), "demo", "--quick", "--out",
+                           str(tmp_path / "demo")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert demo.returncode == 0, demo.stderr[-4000:]
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["quick"] is True
 
