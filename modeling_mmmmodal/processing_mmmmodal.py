@@ -300,16 +300,10 @@ class MMMModalProcessor(ProcessorMixin):
                 )
         per_sample_images = _split_per_sample(images, [ids.count(self.image_start_token_id) for ids in batch_ids], "image")
         per_sample_audio = _split_per_sample(audio, [ids.count(self.audio_start_token_id) for ids in batch_ids], "audio")
-        flat_images = [
-            self.load_image(image, f"image {k} of sample {s}")
-            for s, items in enumerate(per_sample_images)
-            for k, image in enumerate(items)
-        ]
-        flat_audio = [
-            self.load_audio(clip, sampling_rate, f"audio {k} of sample {s}")
-            for s, items in enumerate(per_sample_audio)
-            for k, clip in enumerate(items)
-        ]
+        flat_images = [self.load_image(image, f"image {k} of sample {s}")
+                       for s, items in enumerate(per_sample_images) for k, image in enumerate(items)]
+        flat_audio = [self.load_audio(clip, sampling_rate, f"audio {k} of sample {s}")
+                      for s, items in enumerate(per_sample_audio) for k, clip in enumerate(items)]
         image_data, image_tokens = self._image_inputs(flat_images)
         audio_data, audio_tokens = self._audio_inputs(flat_audio)
         return {**image_data, **audio_data}, _regroup(image_tokens, per_sample_images), _regroup(audio_tokens, per_sample_audio)
@@ -375,12 +369,6 @@ class MMMModalProcessor(ProcessorMixin):
             return part
         return {"type": kind, kind: self.load_image(source, where) if kind == "image" else self.load_audio(source, None, where)}
 
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
     @property
     def model_input_names(self):
         return ["input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"]
@@ -406,19 +394,12 @@ def media_source(part: dict):
 
 def _holds_any(media) -> bool:
     """Whether `media` (None, one item, or lists of items, nested per sample) holds at least one item."""
-    if media is None:
-        return False
-    if isinstance(media, (list, tuple)):
-        return any(_holds_any(item) for item in media)
-    return True
+    return any(map(_holds_any, media)) if isinstance(media, (list, tuple)) else media is not None
 
 
 def _split_per_sample(media, markers: list[int], name: str) -> list[list]:
     """Group media per sample: accepts one item, a flat list in placeholder order, or one list per sample."""
-    if media is None:
-        media = []
-    elif not isinstance(media, (list, tuple)):
-        media = [media]
+    media = [] if media is None else media if isinstance(media, (list, tuple)) else [media]
     if len(media) and all(isinstance(m, (list, tuple)) for m in media) and len(media) == len(markers):
         nested = [list(m) for m in media]
     else:
