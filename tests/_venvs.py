@@ -88,7 +88,7 @@ def create_venvs(root: Path, specs: dict[str, list[str]], uninstall: dict[str, l
         python = folder / "bin" / "python"
         purelib = f"$({python} -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
         pip = f"{python} -m pip -q --disable-pip-version-check --no-input"
-        if name in interpreters:  # no copy of its downloads (3 GB) left in pip's cache after the session
+        if name in interpreters:  # no second copy of its CUDA downloads left in pip's cache
             pip += " --no-cache-dir"
             torch = f"{interpreters[name]} -m venv {folder}; {pip} install torch==2.13.0"
         else:
