@@ -77,7 +77,7 @@ class DemoSettings:
     # after warmup the learning rate holds, then decays over this last share of a stage (1.0: from the end of
     # warmup). The loss falls fastest while it decays, and at 2e-3 held still it barely moves (seed 2: about 0.23
     # from step 260 to 1,760 with 0.6), so the whole stage decays (seed 2: cross-media 0.913 with 0.6, 0.958 with
-    # 1.0, in the same clone on the same day; seed 1: 0.892 with 0.3, 0.906 with 0.6; docs/demo.md)
+    # 1.0, back to back in one working copy; seed 1: 0.892 with 0.3, 0.906 with 0.6; docs/demo.md)
     decay_fraction: float = 1.0
     max_steps: int = 1_000_000  # the wall-clock budget stops training first
     reserve_seconds: float = 15.0  # kept for evaluation, saving, reloading, the chat and the report (~8 s here)
